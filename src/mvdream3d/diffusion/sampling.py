@@ -1,0 +1,204 @@
+"""Samplers: small functions over a denoiser ``(x_t, t) -> model output``.
+
+- ``sample_ddim`` reproduces the LDM reference DDIM sampler step for step: timesteps
+  ``range(0, T, T // S) + 1`` visited in reverse, float32 coefficients, and a last step that goes to
+  ``alphas_cumprod[0]`` rather than to 1, so the same model and noise give the same latents as the
+  official sampler.
+- ``sample_with_scheduler`` runs any diffusers scheduler (DPM-Solver++ 2M, UniPC, Euler, ...) built
+  for the same noise schedule.
+- ``cfg_denoiser`` wraps a UNet with classifier-free guidance, ``uncond + s * (cond - uncond)``,
+  stacking the unconditional batch first as the reference does.
+
+Batches are object-major ``(B*F, C, H, W)``; a cond/uncond dict holds ``context`` (B*F or B rows)
+and ``camera`` ((B*F, 16), (F, 16) shared by all objects, or None).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .schedule import NoiseSchedule
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+SAMPLERS = ("ddim", "dpmpp_2m", "unipc", "euler", "euler_a")
+
+
+def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> np.ndarray:
+    """The LDM "uniform" DDIM grid ``range(0, T, T // steps) + 1`` (ascending).
+
+    Where ``steps`` does not divide ``T`` the reference grid has more than ``steps`` entries and runs
+    past the schedule (the reference then fails); we keep its first ``steps`` entries, clipped to T - 1.
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must be between 1 and {num_timesteps}, got {steps}")
+    grid = np.asarray(range(0, num_timesteps, num_timesteps // steps))[:steps] + 1
+    return np.minimum(grid, num_timesteps - 1)
+
+
+def _expand_camera(camera: torch.Tensor | None, n: int, num_frames: int) -> torch.Tensor | None:
+    if camera is None:
+        return None
+    if camera.ndim == 3:
+        camera = camera.reshape(camera.shape[0], -1)
+    if camera.shape[0] == num_frames and n != num_frames and n % num_frames == 0:
+        camera = camera.repeat(n // num_frames, 1)
+    return camera
+
+
+def cfg_denoiser(unet: nn.Module, cond: Mapping[str, Any], uncond: Mapping[str, Any] | None,
+                 num_frames: int, guidance_scale: float) -> Denoiser:
+    """A denoiser that runs ``unet`` with classifier-free guidance.
+
+    With ``guidance_scale == 1`` or no ``uncond`` it is the conditional model alone.
+    """
+    use_cfg = uncond is not None and guidance_scale != 1.0
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        cam = _expand_camera(cond.get("camera"), n, num_frames)
+        if not use_cfg:
+            return unet(x, t, context=cond.get("context"), camera=cam, num_frames=num_frames)
+        assert uncond is not None
+        ucam = _expand_camera(uncond.get("camera"), n, num_frames)
+        ctx, uctx = cond.get("context"), uncond.get("context")
+        if ctx is not None and uctx is not None and uctx.shape[0] != ctx.shape[0]:
+            uctx = uctx.expand(ctx.shape[0], *uctx.shape[1:]) if uctx.shape[0] == 1 else uctx
+        both_ctx = None if ctx is None else torch.cat([uctx, ctx])
+        both_cam = None if cam is None else torch.cat([ucam if ucam is not None else cam, cam])
+        out_u, out_c = unet(torch.cat([x, x]), torch.cat([t, t]), context=both_ctx, camera=both_cam,
+                            num_frames=num_frames).chunk(2)
+        return out_u + guidance_scale * (out_c - out_u)
+
+    return denoise
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+@torch.no_grad()
+def sample_ddim(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int, eta: float = 0.0,
+                generator: torch.Generator | None = None, callback: StepCallback | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """DDIM from ``x_T`` with ``steps`` steps; returns the final sample (same shape as ``x_T``)."""
+    grid = ddim_timesteps(steps, schedule.num_timesteps)
+    alphas_cumprod = schedule.alphas_cumprod  # float32, as the reference indexes it
+    a_all = alphas_cumprod[grid]
+    a_prev_all = torch.cat([alphas_cumprod[:1], alphas_cumprod[grid[:-1]]])
+    sigmas = eta * torch.sqrt((1 - a_prev_all.double()) / (1 - a_all.double())
+                              * (1 - a_all.double() / a_prev_all.double())).float()
+    x = x_T
+    n = x.shape[0]
+    bar = _progress(len(grid), progress, "DDIM")
+    for i, step in enumerate(np.flip(grid)):
+        index = len(grid) - i - 1
+        t = torch.full((n,), int(step), device=x.device, dtype=torch.long)
+        out = denoiser(x, t)
+        a_t = a_all[index].to(x.device, torch.float32)
+        a_prev = a_prev_all[index].to(x.device, torch.float32)
+        sigma = sigmas[index].to(x.device, torch.float32)
+        if schedule.prediction_type == "v":
+            e_t = schedule.eps_from_v(x, t, out)
+            pred_x0 = schedule.x0_from_v(x, t, out)
+        else:
+            e_t = out
+            pred_x0 = (x - torch.sqrt(1.0 - a_t) * e_t) / a_t.sqrt()
+        dir_xt = (1.0 - a_prev - sigma**2).sqrt() * e_t
+        x_new = a_prev.sqrt() * pred_x0 + dir_xt
+        if eta > 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_new = x_new + sigma * noise
+        x = x_new.to(x_T.dtype)
+        bar.update(1)
+        if callback is not None:
+            callback(i, int(step), pred_x0)
+    bar.close()
+    return x
+
+
+def make_scheduler(name: str, schedule: NoiseSchedule):
+    """A diffusers scheduler for ``schedule`` ("dpmpp_2m", "unipc", "euler", "euler_a", "ddim")."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    common = dict(
+        num_train_timesteps=schedule.num_timesteps, beta_start=schedule.linear_start,
+        beta_end=schedule.linear_end, beta_schedule="scaled_linear",
+        prediction_type="v_prediction" if schedule.prediction_type == "v" else "epsilon",
+        timestep_spacing="leading", steps_offset=1,
+    )
+    if name == "dpmpp_2m":
+        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **common)
+    if name == "unipc":
+        return UniPCMultistepScheduler(**common)
+    if name == "euler":
+        return EulerDiscreteScheduler(**common)
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler(**common)
+    if name == "ddim":
+        return DDIMScheduler(set_alpha_to_one=False, clip_sample=False, **common)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
+
+
+@torch.no_grad()
+def sample_with_scheduler(denoiser: Denoiser, x_T: torch.Tensor, scheduler: Any, steps: int,
+                          generator: torch.Generator | None = None, callback: StepCallback | None = None,
+                          progress: bool = False) -> torch.Tensor:
+    """Sample with a diffusers scheduler (its own timestep grid and update rule)."""
+    scheduler.set_timesteps(steps, device=x_T.device)
+    x = x_T * scheduler.init_noise_sigma
+    n = x.shape[0]
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    bar = _progress(len(scheduler.timesteps), progress, type(scheduler).__name__)
+    for i, t in enumerate(scheduler.timesteps):
+        model_in = scheduler.scale_model_input(x, t)
+        out = denoiser(model_in, t.expand(n))
+        res = scheduler.step(out, t, x, **step_kwargs)
+        x = res.prev_sample.to(x_T.dtype)
+        bar.update(1)
+        if callback is not None:
+            x0 = getattr(res, "pred_original_sample", None)
+            callback(i, int(t), x0 if x0 is not None else x)
+    bar.close()
+    return x
+
+
+def sample(unet: nn.Module, x_T: torch.Tensor, cond: Mapping[str, Any], uncond: Mapping[str, Any] | None,
+           num_frames: int, steps: int, guidance_scale: float, eta: float = 0.0, sampler: str = "ddim", *,
+           schedule: NoiseSchedule | None = None, generator: torch.Generator | None = None,
+           callback: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
+    """Sample latents with a multi-view UNet: the low-level entry point under the pipeline.
+
+    ``x_T``: (B*F, C, H, W) initial noise, object-major. ``cond``/``uncond``: dicts with ``context``
+    (B*F or B rows of text embeddings) and ``camera`` ((B*F, 16), (F, 16) or None). ``sampler`` is one
+    of ``SAMPLERS``; "ddim" is the LDM-exact sampler and honours ``eta``. ``schedule`` defaults to
+    ``unet.noise_schedule`` if set, else SD's scaled-linear eps schedule. Returns the final latents.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    if x_T.ndim != 4:
+        raise ValueError(f"x_T must be (B*F, C, H, W), got {tuple(x_T.shape)}")
+    if x_T.shape[0] % num_frames:
+        raise ValueError(f"x_T has {x_T.shape[0]} rows, not divisible by num_frames={num_frames}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    schedule = schedule or getattr(unet, "noise_schedule", None) or NoiseSchedule()
+    denoiser = cfg_denoiser(unet, cond, uncond, num_frames, guidance_scale)
+    if sampler == "ddim":
+        return sample_ddim(denoiser, x_T, schedule, steps, eta, generator, callback, progress)
+    return sample_with_scheduler(denoiser, x_T, make_scheduler(sampler, schedule), steps, generator,
+                                 callback, progress)
