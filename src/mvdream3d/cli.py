@@ -1,0 +1,172 @@
+"""Command line: ``mvdream3d generate | info | convert``.
+
+Every user error (bad arguments, missing or mismatched checkpoint, unwritable output folder) ends
+with one line ``error: ...`` on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .checkpoints import CheckpointError
+
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, CheckpointError, NotADirectoryError)
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check that files can be written there (before any heavy work)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write to output directory {p}: {e.strerror or e}. "
+                              f"Choose another --out") from e
+    return p
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="built-in model (default), 'tiny-random', a published name "
+                        "(sd-v2.1-base-4view, sd-v1.5-4view) or a .pt/.safetensors path")
+    p.add_argument("--config", default=None, help="model config (name or YAML) for a checkpoint without one")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+
+
+def _load_pipeline(args: argparse.Namespace):
+    from .pipeline import MultiViewPipeline
+
+    if args.config is not None:
+        if args.model is None:
+            raise ValueError("--config needs --model PATH (the checkpoint to load)")
+        return MultiViewPipeline.from_checkpoint(args.model, args.config, args.device, args.dtype)
+    return MultiViewPipeline.from_pretrained(args.model, args.device, args.dtype)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    out = ensure_writable_dir(args.out)
+    if args.views < 1:
+        raise ValueError(f"--views must be >= 1, got {args.views}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    pipe = _load_pipeline(args)
+    if args.cpu_offload:
+        pipe.enable_cpu_offload(args.device)
+    t0 = time.perf_counter()
+    res = pipe(
+        args.prompt, negative_prompt=args.negative, num_views=args.views, elevation=args.elevation,
+        azimuth_start=args.azimuth_start, azimuth_span=args.azimuth_span, guidance_scale=args.guidance,
+        num_inference_steps=args.steps, sampler=args.sampler, seed=args.seed, num_objects=args.num_objects,
+        height=args.size, width=args.size, eta=args.eta, prompt_suffix=args.suffix, progress=True,
+    )
+    seconds = time.perf_counter() - t0
+    f = res.cameras["model_camera"].shape[0]
+    for i, im in enumerate(res.images):
+        im.save(out / f"view_{i // f:02d}_{i % f:02d}.png")
+    res.grid(rows=args.num_objects).save(out / "grid.png")
+    cams = {
+        "prompt": args.prompt, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
+        "sampler": args.sampler, "height": args.size, "width": args.size,
+        "fov_deg": res.cameras["fov_deg"], "convention": res.cameras["convention"],
+        "elevation": res.cameras["elevation"], "azimuth": res.cameras["azimuth"],
+        "c2w": res.cameras["c2w"].tolist(), "model_camera": res.cameras["model_camera"].tolist(),
+        "intrinsics": res.cameras["intrinsics"].tolist(),
+        "views": [f"view_{i // f:02d}_{i % f:02d}.png" for i in range(len(res.images))],
+    }
+    (out / "cameras.json").write_text(json.dumps(cams, indent=1))
+    print(f"wrote {len(res.images)} views, grid.png and cameras.json to {out} in {seconds:.1f} s")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .pipeline import resolve_model
+
+    if args.config is not None:
+        from .models.model import load_model
+
+        model = load_model(args.config, args.model_name)
+    else:
+        model = resolve_model(args.model_name)
+    print(yaml.safe_dump(model.config, sort_keys=False).rstrip())
+    counts = model.parameter_counts()
+    for k, v in counts.items():
+        print(f"{k:>14}: {v:>13,d} parameters")
+    print(f"{'total':>14}: {sum(counts.values()):>13,d} parameters")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import write_checkpoint
+    from .models.model import load_model
+    from .pipeline import _sidecar_config
+
+    ensure_writable_dir(Path(args.output).resolve().parent)
+    cfg = args.config if args.config is not None else _sidecar_config(args.input)
+    model = load_model(cfg, args.input)  # validates every weight against the config
+    write_checkpoint(args.output, model.ldm_state_dict(), model.config)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mvdream3d", description="MVDream multi-view diffusion and 3D")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate consistent views of an object from a prompt")
+    g.add_argument("prompt")
+    _add_model_args(g)
+    g.add_argument("--out", required=True, help="output directory")
+    g.add_argument("--views", type=int, default=4)
+    g.add_argument("--elevation", type=float, default=15.0)
+    g.add_argument("--azimuth-start", type=float, default=0.0)
+    g.add_argument("--azimuth-span", type=float, default=360.0)
+    g.add_argument("--steps", type=int, default=50)
+    g.add_argument("--guidance", type=float, default=7.5)
+    g.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "unipc", "euler", "euler_a"])
+    g.add_argument("--eta", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--size", type=int, default=256, help="image height and width in pixels")
+    g.add_argument("--num-objects", type=int, default=1)
+    g.add_argument("--negative", default="", help="negative prompt")
+    g.add_argument("--suffix", default=", 3d asset", help="appended to the prompt (published default)")
+    g.add_argument("--cpu-offload", action="store_true", help="keep idle components on the CPU")
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("info", help="print a model's config and parameter counts")
+    i.add_argument("model_name", nargs="?", default=None, metavar="MODEL")
+    i.add_argument("--config", default=None)
+    i.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("convert", help="convert a checkpoint (.pt <-> .safetensors), validating it")
+    c.add_argument("input")
+    c.add_argument("output")
+    c.add_argument("--config", default=None, help="model name or YAML (default: embedded or detected)")
+    c.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The two published text encoders, with the published state-dict names (``cond_stage_model.`` stripped).
+
+- :class:`OpenCLIPTextEncoder` (SD 2.1 / ``FrozenOpenCLIPEmbedder``): OpenCLIP ViT-H/14's text tower in
+  plain PyTorch. Keys ``model.token_embedding.weight``, ``model.positional_embedding``,
+  ``model.transformer.resblocks.{i}.*``, ``model.ln_final.*``, ``model.text_projection``,
+  ``model.logit_scale``; the causal ``model.attn_mask`` is a non-persistent buffer. With
+  ``layer="penultimate"`` (the published YAML) the last resblock is skipped at run time but kept in the
+  state dict, and ``ln_final`` is applied after the one before it.
+- :class:`CLIPTextEncoder` (SD 1.5 / ``FrozenCLIPEmbedder``): ``transformers.CLIPTextModel`` held as
+  ``transformer.text_model``, output ``last_hidden_state``. Its state dict carries
+  ``transformer.text_model.embeddings.position_ids`` (int64 (1, 77)) as the published checkpoint
+  does; loading accepts state dicts with or without it.
+
+Both map token ids (N, 77) to context (N, 77, D) and tokenize with :class:`ClipTokenizer`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .tokenizer import HF_CLIP_PAD_ID, OPEN_CLIP_PAD_ID, ClipTokenizer
+
+#: SD 1.5's text model (openai/clip-vit-large-patch14), as recorded in the published spec.
+DEFAULT_CLIP_TEXT_CONFIG: dict[str, Any] = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "projection_dim": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+POSITION_IDS_KEY = "transformer.text_model.embeddings.position_ids"
+OPEN_CLIP_LAYERS = ("last", "penultimate")
+
+
+class _ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)) with exact GELU."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            OrderedDict(c_fc=nn.Linear(width, hidden), gelu=nn.GELU(), c_proj=nn.Linear(hidden, width))
+        )
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """x: (N, L, width) -> (N, L, width); attn_mask: additive (L, L)."""
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False, attn_mask=attn_mask)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class _Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.resblocks = nn.ModuleList(
+            _ResidualAttentionBlock(width, heads, mlp_ratio) for _ in range(layers)
+        )
+
+
+class _OpenCLIPTextModel(nn.Module):
+    """Parameter container named like ``open_clip.CLIP`` after ``del model.visual``."""
+
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_ratio: float,
+        vocab_size: int,
+        context_length: int,
+        embed_dim: int,
+    ) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        self.transformer = _Transformer(width, layers, heads, mlp_ratio)
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.empty(width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.empty(()))
+        mask = torch.full((context_length, context_length), float("-inf")).triu_(1)
+        self.register_buffer("attn_mask", mask, persistent=False)
+        self.init_parameters()
+
+    def init_parameters(self) -> None:
+        """OpenCLIP's random initialisation (real weights come from a checkpoint)."""
+        width, layers = self.positional_embedding.shape[1], len(self.transformer.resblocks)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        proj_std, attn_std, fc_std = width**-0.5 * (2 * layers) ** -0.5, width**-0.5, (2 * width) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=width**-0.5)
+        nn.init.constant_(self.logit_scale, math.log(1 / 0.07))
+
+
+class _TextEncoderBase(nn.Module):
+    tokenizer: ClipTokenizer
+    context_dim: int
+
+    def freeze(self) -> _TextEncoderBase:
+        """Eval mode and ``requires_grad=False`` on every parameter, as the published embedders do."""
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts (N strings) -> context (N, context_length, context_dim) on the module's device/dtype."""
+        ref = next(self.parameters())
+        return self(self.tokenizer(prompts).to(ref.device)).to(ref.dtype)
+
+
+class OpenCLIPTextEncoder(_TextEncoderBase):
+    """OpenCLIP text tower: tokens (N, L<=context_length) int64 -> (N, L, width) after ``ln_final``.
+
+    ``layer="penultimate"`` runs all but the last resblock (SD 2.1); ``"last"`` runs all of them.
+    Defaults are ViT-H/14 (width 1024, 24 layers, 16 heads).
+    """
+
+    def __init__(
+        self,
+        width: int = 1024,
+        layers: int = 24,
+        heads: int = 16,
+        mlp_ratio: float = 4.0,
+        vocab_size: int = 49408,
+        context_length: int = 77,
+        embed_dim: int = 1024,
+        layer: str = "penultimate",
+    ) -> None:
+        super().__init__()
+        if layer not in OPEN_CLIP_LAYERS:
+            raise ValueError(f"layer must be one of {OPEN_CLIP_LAYERS}, got {layer!r}")
+        if layer == "penultimate" and layers < 2:
+            raise ValueError("layer='penultimate' needs at least 2 layers")
+        self.layer = layer
+        self.context_dim = width
+        self.model = _OpenCLIPTextModel(
+            width, layers, heads, mlp_ratio, vocab_size, context_length, embed_dim
+        )
+        self.tokenizer = ClipTokenizer(
+            pad_token_id=OPEN_CLIP_PAD_ID, context_length=context_length, flavor="open_clip"
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (N, L) int64, L <= context_length -> (N, L, width)."""
+        m, length = self.model, tokens.shape[1]
+        x = m.token_embedding(tokens) + m.positional_embedding[:length]
+        mask = m.attn_mask[:length, :length].to(x.dtype)
+        blocks = m.transformer.resblocks
+        for block in blocks[: len(blocks) - 1] if self.layer == "penultimate" else blocks:
+            x = block(x, mask)
+        return m.ln_final(x)
+
+
+def _position_ids_unsaved(module: nn.Module) -> bool:
+    embeddings = module.transformer.text_model.embeddings
+    return "position_ids" in getattr(embeddings, "_non_persistent_buffers_set", set())
+
+
+def _drop_position_ids(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """Load pre-hook: ignore a stored ``position_ids`` when transformers recomputes it."""
+    if _position_ids_unsaved(module):
+        state_dict.pop(prefix + POSITION_IDS_KEY, None)
+
+
+def _add_position_ids(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    """State-dict post-hook: emit ``position_ids`` = arange(77)[None] (int64) like the published model."""
+    if _position_ids_unsaved(module):
+        weight = module.transformer.text_model.embeddings.position_embedding.weight
+        state_dict[prefix + POSITION_IDS_KEY] = torch.arange(weight.shape[0], device=weight.device)[None]
+
+
+class _HFTextHolder(nn.Module):
+    """Gives the HF text transformer the published name ``text_model`` on any transformers version.
+
+    transformers 4.x ``CLIPTextModel`` has a ``text_model`` child; 5.x dropped that level.
+    """
+
+    def __init__(self, model: CLIPTextModel) -> None:
+        super().__init__()
+        self.text_model = (
+            model.text_model if isinstance(getattr(model, "text_model", None), nn.Module) else model
+        )
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_model(input_ids=input_ids).last_hidden_state
+
+
+class CLIPTextEncoder(_TextEncoderBase):
+    """HF CLIP text model: tokens (N, L<=77) int64 -> ``last_hidden_state`` (N, L, hidden_size).
+
+    ``config`` overrides fields of :data:`DEFAULT_CLIP_TEXT_CONFIG` (e.g. a tiny model for tests).
+    The HF module is ``self.transformer.text_model``, so keys read ``transformer.text_model.*``.
+    """
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        cfg = {**DEFAULT_CLIP_TEXT_CONFIG, **(config or {})}
+        self.transformer = _HFTextHolder(CLIPTextModel(CLIPTextConfig(**cfg)))
+        self.context_dim = int(cfg["hidden_size"])
+        self.tokenizer = ClipTokenizer(
+            pad_token_id=HF_CLIP_PAD_ID, context_length=int(cfg["max_position_embeddings"]), flavor="hf"
+        )
+        # published checkpoints (transformers 4.27) store position_ids; transformers >= 4.31 does not
+        self.register_load_state_dict_pre_hook(_drop_position_ids)
+        self.register_state_dict_post_hook(_add_position_ids)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (N, L) int64 -> (N, L, hidden_size)."""
+        return self.transformer(tokens)
+
+
+def _split_target(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    if "target" not in cfg:
+        raise ValueError(f"cond_stage_config has no 'target': {dict(cfg)}")
+    return str(cfg["target"]), dict(cfg.get("params") or {})
+
+
+_OPEN_CLIP_ARCH = {"width", "layers", "heads", "mlp_ratio", "vocab_size", "context_length", "embed_dim"}
+_IGNORED = {"freeze", "device", "version", "max_length"}
+SUPPORTED_TARGETS = ("...FrozenOpenCLIPEmbedder", "...FrozenCLIPEmbedder", "torch.nn.Identity", "None")
+
+
+def build_text_encoder(cond_stage_config: Mapping[str, Any] | None) -> nn.Module | None:
+    """Build the text encoder named by the published YAML ``cond_stage_config`` (random weights).
+
+    ``FrozenOpenCLIPEmbedder`` params: ``layer`` (published default ``"last"``; the MVDream YAML says
+    ``"penultimate"``), ``arch`` (only ``ViT-H-14``) and optional overrides
+    ``width/layers/heads/mlp_ratio/vocab_size/context_length/embed_dim``. ``FrozenCLIPEmbedder`` params:
+    ``layer`` (only ``"last"``), ``max_length`` (77) and optional ``CLIPTextConfig`` fields. ``freeze``
+    (default true) freezes the module; ``version``/``device`` are ignored (weights come from the
+    checkpoint, nothing is downloaded). ``torch.nn.Identity`` or ``None`` gives ``None``.
+    """
+    if cond_stage_config is None:
+        return None
+    target, params = _split_target(cond_stage_config)
+    freeze = bool(params.get("freeze", True))
+    name = target.rsplit(".", 1)[-1]
+    if target in ("torch.nn.Identity", "__is_unconditional__"):
+        return None
+    if name == "FrozenOpenCLIPEmbedder":
+        arch = params.pop("arch", "ViT-H-14")
+        if arch != "ViT-H-14":
+            raise ValueError(f"FrozenOpenCLIPEmbedder: only arch 'ViT-H-14' is supported, got {arch!r}")
+        layer = params.pop("layer", "last")
+        unknown = set(params) - _OPEN_CLIP_ARCH - _IGNORED
+        if unknown:
+            raise ValueError(f"FrozenOpenCLIPEmbedder: unknown params {sorted(unknown)}")
+        encoder: _TextEncoderBase = OpenCLIPTextEncoder(
+            layer=layer, **{k: params[k] for k in _OPEN_CLIP_ARCH & set(params)}
+        )
+    elif name == "FrozenCLIPEmbedder":
+        layer = params.pop("layer", "last")
+        if layer != "last" or params.pop("layer_idx", None) is not None:
+            raise ValueError(f"FrozenCLIPEmbedder: only layer='last' is supported, got {layer!r}")
+        max_length = params.get("max_length", 77)
+        fields = set(CLIPTextConfig().to_dict())
+        unknown = set(params) - fields - _IGNORED
+        if unknown:
+            raise ValueError(
+                f"FrozenCLIPEmbedder: unknown params {sorted(unknown)} (not CLIPTextConfig fields)"
+            )
+        encoder = CLIPTextEncoder({k: v for k, v in params.items() if k in fields})
+        if max_length != encoder.tokenizer.context_length:
+            raise ValueError(
+                f"FrozenCLIPEmbedder: max_length {max_length} != max_position_embeddings "
+                f"{encoder.tokenizer.context_length}"
+            )
+    else:
+        raise ValueError(
+            f"unsupported cond_stage_config target {target!r}; supported: {', '.join(SUPPORTED_TARGETS)}"
+        )
+    return encoder.freeze() if freeze else encoder

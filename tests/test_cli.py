@@ -1,0 +1,73 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from mvdream3d.cli import main
+
+
+def test_generate_writes_grid_views_and_cameras(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["generate", "a red cube", "--model", "tiny-random", "--steps", "2", "--size", "64",
+               "--views", "4", "--out", str(out)])
+    assert rc == 0
+    assert Image.open(out / "grid.png").size == (256, 64)
+    views = sorted(p.name for p in out.glob("view_*.png"))
+    assert views == [f"view_00_{i:02d}.png" for i in range(4)]
+    cams = json.loads((out / "cameras.json").read_text())
+    assert len(cams["c2w"]) == 4 and len(cams["model_camera"][0]) == 16
+    assert cams["azimuth"] == [0.0, 90.0, 180.0, 270.0]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; checked via a file in the way")
+def test_unwritable_out_dir_unprivileged(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    rc = main(["generate", "x", "--model", "tiny-random", "--out", str(ro / "sub")])
+    assert rc == 2 and "cannot write" in capsys.readouterr().err
+
+
+def test_out_dir_blocked_by_file(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main(["generate", "x", "--model", "tiny-random", "--out", str(blocker / "sub")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot write to output directory" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["generate", "x", "--model", "tiny-random", "--views", "0"], "--views must be >= 1"),
+        (["generate", "x", "--model", "/nonexistent/model.pt"], "not a checkpoint file nor a known model"),
+        (["generate", "", "--model", "tiny-random", "--steps", "1", "--size", "64"], "non-empty"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, capsys, argv, match):
+    rc = main(argv + ["--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and match in err and "Traceback" not in err
+
+
+def test_info_and_convert(tmp_path, capsys):
+    assert main(["info", "tiny-random"]) == 0
+    out = capsys.readouterr().out
+    assert "unet_config" in out and "total" in out
+    from mvdream3d.builtin import builtin_model
+
+    src = builtin_model("tiny-random").save(tmp_path / "m.pt")
+    assert main(["convert", str(src), str(tmp_path / "m.safetensors")]) == 0
+    assert (tmp_path / "m.safetensors").stat().st_size > 0
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    assert main(["convert", str(bad), str(tmp_path / "x.safetensors")]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    r = subprocess.run([sys.executable, "-m", "mvdream3d.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "generate" in r.stdout
