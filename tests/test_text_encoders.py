@@ -63,11 +63,7 @@ def _spec(name: str) -> dict:
 
 
 def _spec_keys(spec: dict) -> dict[str, tuple[tuple[int, ...], str]]:
-    return {
-        k[len(PREFIX) :]: (tuple(v["shape"]), v["dtype"])
-        for k, v in spec["keys"].items()
-        if k.startswith(PREFIX)
-    }
+    return {k[len(PREFIX) :]: (tuple(v["shape"]), v["dtype"]) for k, v in spec["keys"].items() if k.startswith(PREFIX)}
 
 
 def _keys(module: nn.Module) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -84,9 +80,7 @@ def _open_clip_dir() -> Path:
 @pytest.fixture(scope="module")
 def oc_tokenizer_module() -> types.ModuleType:
     """open_clip/tokenizer.py loaded from its file (no open_clip package import, no torchvision)."""
-    spec = importlib.util.spec_from_file_location(
-        "_ref_open_clip_tokenizer", _open_clip_dir() / "tokenizer.py"
-    )
+    spec = importlib.util.spec_from_file_location("_ref_open_clip_tokenizer", _open_clip_dir() / "tokenizer.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -154,9 +154,7 @@ def test_published_conventions(tiny: AutoencoderKLWrapper) -> None:
         b = {n: ldm[f"{part}.mid.attn_1.{n}.bias"] for n in ("q", "k", "v", "proj_out")}
         h = torch.randn(2, 64, 3, 5)
         with torch.no_grad():
-            hn = F.group_norm(
-                h, 32, ldm[f"{part}.mid.attn_1.norm.weight"], ldm[f"{part}.mid.attn_1.norm.bias"], 1e-6
-            )
+            hn = F.group_norm(h, 32, ldm[f"{part}.mid.attn_1.norm.weight"], ldm[f"{part}.mid.attn_1.norm.bias"], 1e-6)
             q, k, v = (F.conv2d(hn, w[n], b[n]).flatten(2) for n in ("q", "k", "v"))
             attn = torch.softmax(q.transpose(1, 2) @ k / 64**0.5, dim=-1)  # (N, HW, HW)
             out = (v @ attn.transpose(1, 2)).view_as(h)

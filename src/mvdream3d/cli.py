@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .checkpoints import CheckpointError
+from .training.config import ConfigError
 
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, CheckpointError, NotADirectoryError)
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, PermissionError, CheckpointError, NotADirectoryError)
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -119,6 +120,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.config import load_config
+    from .training.trainer import train
+
+    cfg = load_config(args.config_file, args.set)
+    if args.out is not None:
+        cfg.output.dir = args.out
+    if not args.resume and Path(cfg.output.dir).exists():
+        ensure_writable_dir(cfg.output.dir)
+    train(cfg, resume=args.resume, max_steps_this_run=args.max_steps)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvdream3d", description="MVDream multi-view diffusion and 3D")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("output")
     c.add_argument("--config", default=None, help="model name or YAML (default: embedded or detected)")
     c.set_defaults(func=cmd_convert)
+
+    t = sub.add_parser("train", help="joint 2D + multi-view training from a YAML config (accelerate-ready)")
+    t.add_argument("config_file", metavar="CONFIG.yaml")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output.dir")
+    t.add_argument("--out", default=None, help="override output.dir")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    t.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
+    t.set_defaults(func=cmd_train)
     return parser
 
 

@@ -66,9 +66,7 @@ class _ResidualAttentionBlock(nn.Module):
 class _Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.resblocks = nn.ModuleList(
-            _ResidualAttentionBlock(width, heads, mlp_ratio) for _ in range(layers)
-        )
+        self.resblocks = nn.ModuleList(_ResidualAttentionBlock(width, heads, mlp_ratio) for _ in range(layers))
 
 
 class _OpenCLIPTextModel(nn.Module):
@@ -152,12 +150,8 @@ class OpenCLIPTextEncoder(_TextEncoderBase):
             raise ValueError("layer='penultimate' needs at least 2 layers")
         self.layer = layer
         self.context_dim = width
-        self.model = _OpenCLIPTextModel(
-            width, layers, heads, mlp_ratio, vocab_size, context_length, embed_dim
-        )
-        self.tokenizer = ClipTokenizer(
-            pad_token_id=OPEN_CLIP_PAD_ID, context_length=context_length, flavor="open_clip"
-        )
+        self.model = _OpenCLIPTextModel(width, layers, heads, mlp_ratio, vocab_size, context_length, embed_dim)
+        self.tokenizer = ClipTokenizer(pad_token_id=OPEN_CLIP_PAD_ID, context_length=context_length, flavor="open_clip")
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (N, L) int64, L <= context_length -> (N, L, width)."""
@@ -196,9 +190,7 @@ class _HFTextHolder(nn.Module):
 
     def __init__(self, model: CLIPTextModel) -> None:
         super().__init__()
-        self.text_model = (
-            model.text_model if isinstance(getattr(model, "text_model", None), nn.Module) else model
-        )
+        self.text_model = model.text_model if isinstance(getattr(model, "text_model", None), nn.Module) else model
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text_model(input_ids=input_ids).last_hidden_state
@@ -236,7 +228,7 @@ def _split_target(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 _OPEN_CLIP_ARCH = {"width", "layers", "heads", "mlp_ratio", "vocab_size", "context_length", "embed_dim"}
 _IGNORED = {"freeze", "device", "version", "max_length"}
-SUPPORTED_TARGETS = ("...FrozenOpenCLIPEmbedder", "...FrozenCLIPEmbedder", "torch.nn.Identity", "None")
+SUPPORTED_TARGETS = ("*.FrozenOpenCLIPEmbedder", "*.FrozenCLIPEmbedder", "torch.nn.Identity", "None")
 
 
 def build_text_encoder(cond_stage_config: Mapping[str, Any] | None) -> nn.Module | None:
@@ -275,9 +267,7 @@ def build_text_encoder(cond_stage_config: Mapping[str, Any] | None) -> nn.Module
         fields = set(CLIPTextConfig().to_dict())
         unknown = set(params) - fields - _IGNORED
         if unknown:
-            raise ValueError(
-                f"FrozenCLIPEmbedder: unknown params {sorted(unknown)} (not CLIPTextConfig fields)"
-            )
+            raise ValueError(f"FrozenCLIPEmbedder: unknown params {sorted(unknown)} (not CLIPTextConfig fields)")
         encoder = CLIPTextEncoder({k: v for k, v in params.items() if k in fields})
         if max_length != encoder.tokenizer.context_length:
             raise ValueError(
@@ -285,7 +275,5 @@ def build_text_encoder(cond_stage_config: Mapping[str, Any] | None) -> nn.Module
                 f"{encoder.tokenizer.context_length}"
             )
     else:
-        raise ValueError(
-            f"unsupported cond_stage_config target {target!r}; supported: {', '.join(SUPPORTED_TARGETS)}"
-        )
+        raise ValueError(f"unsupported cond_stage_config target {target!r}; supported: {', '.join(SUPPORTED_TARGETS)}")
     return encoder.freeze() if freeze else encoder

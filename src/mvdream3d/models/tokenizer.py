@@ -131,11 +131,7 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of one prompt after cleaning, without start/end tokens and without truncation."""
-        return (
-            build_bpe_tokenizer(self.flavor)
-            .encode(clean_text(text, self.flavor), add_special_tokens=False)
-            .ids
-        )
+        return build_bpe_tokenizer(self.flavor).encode(clean_text(text, self.flavor), add_special_tokens=False).ids
 
     def __call__(self, prompts: Sequence[str] | str) -> torch.LongTensor:
         """Tokenize ``prompts`` (a list of N strings; a single string counts as N=1) -> (N, context_length).

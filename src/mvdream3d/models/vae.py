@@ -53,9 +53,7 @@ def diffusers_vae_config(params: Mapping[str, Any]) -> dict[str, Any]:
     if dd["ch_mult"][0] != 1:
         raise ValueError(f"ddconfig.ch_mult must start with 1, got {dd['ch_mult']}")
     if int(params.get("embed_dim", dd["z_channels"])) != dd["z_channels"]:
-        raise ValueError(
-            f"embed_dim ({params['embed_dim']}) must equal ddconfig.z_channels ({dd['z_channels']})"
-        )
+        raise ValueError(f"embed_dim ({params['embed_dim']}) must equal ddconfig.z_channels ({dd['z_channels']})")
     n = len(dd["ch_mult"])
     return {
         "in_channels": dd["in_channels"],
@@ -177,8 +175,7 @@ def _from_ldm_hook(module: AutoencoderKLWrapper, state: dict, prefix: str, *args
     """Rename published keys under ``prefix`` to the inner diffusers names; unknown keys stay (unexpected)."""
     known = set(module.expected_ldm_shapes())
     ldm = {
-        k[len(prefix) :]: state.pop(k)
-        for k in [k for k in state if k.startswith(prefix) and k[len(prefix) :] in known]
+        k[len(prefix) :]: state.pop(k) for k in [k for k in state if k.startswith(prefix) and k[len(prefix) :] in known]
     }
     if ldm:
         state.update({prefix + _INNER + k: v for k, v in ldm_to_diffusers(ldm, module.levels).items()})
@@ -190,9 +187,7 @@ def check_ldm_state_dict(vae: AutoencoderKLWrapper, state: Mapping[str, torch.Te
     missing = [k for k in want if k not in state]
     unexpected = [k for k in state if k not in want]
     wrong = [
-        f"{k}: {tuple(state[k].shape)} != {s}"
-        for k, s in want.items()
-        if k in state and tuple(state[k].shape) != s
+        f"{k}: {tuple(state[k].shape)} != {s}" for k, s in want.items() if k in state and tuple(state[k].shape) != s
     ]
     if missing or unexpected or wrong:
         parts = [

@@ -1,0 +1,202 @@
+"""Training configuration: YAML -> validated dataclasses.
+
+An unknown key or a bad value is an error that names it (``train.lr: must be > 0, got -1``).
+Example (all sections optional except ``model`` and at least one data source)::
+
+    model:
+      config: tiny-random          # model name, YAML path or inline dict (published layout)
+      init: scratch                # scratch | path to an MVDream checkpoint | path to a 2D SD checkpoint
+    data:
+      multiview: data/world/multiview
+      image_text: data/world/image_text
+      num_views: 4
+      image_size: 32
+      p_2d: 0.3
+    train:
+      steps: 1000
+      lr: 1.0e-4
+    output:
+      dir: runs/tiny
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A training config key is unknown or has a bad value."""
+
+
+@dataclass
+class ModelSection:
+    config: Any = "tiny-random"
+    init: str = "scratch"
+    prediction_type: str | None = None  # override the config's parameterization ("eps" or "v")
+
+
+@dataclass
+class DataSection:
+    multiview: str | None = None
+    image_text: str | list[str] | None = None
+    num_views: int = 4
+    image_size: int = 32
+    background: Any = "white"
+    p_2d: float = 0.3
+    caption_dropout: float = 0.1
+    batch_size: int = 4  # objects per multi-view batch
+    batch_size_2d: int | None = None  # images per 2D batch; default batch_size * num_views
+    num_workers: int = 0
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"
+    seed: int = 0
+
+
+@dataclass
+class OutputSection:
+    dir: str = "runs/default"
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    sample_every: int = 500
+    sample_prompts: list[str] = field(default_factory=lambda: ["a red cube", "a blue sphere"])
+    sample_steps: int = 20
+    sample_guidance: float = 5.0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["train"]["betas"] = list(d["train"]["betas"])
+        return d
+
+
+def _section(cls: type, raw: Any, name: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: must be a mapping, got {type(raw).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{name}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    values = {}
+    for k, v in raw.items():
+        default = getattr(cls(), k)
+        if isinstance(default, bool) and not isinstance(v, bool):
+            raise ConfigError(f"{name}.{k}: must be true or false, got {v!r}")
+        if isinstance(default, float) and isinstance(v, int | float) and not isinstance(v, bool):
+            v = float(v)
+        elif isinstance(default, int) and not isinstance(default, bool) and not (
+                isinstance(v, int) and not isinstance(v, bool)):
+            raise ConfigError(f"{name}.{k}: must be an integer, got {v!r}")
+        elif isinstance(default, float) and not isinstance(v, float):
+            raise ConfigError(f"{name}.{k}: must be a number, got {v!r}")
+        values[k] = v
+    return cls(**values)
+
+
+def _check(cond: bool, key: str, msg: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}, got {value!r}")
+
+
+def validate(cfg: TrainConfig, base_dir: Path | None = None) -> TrainConfig:
+    d, t, o, m = cfg.data, cfg.train, cfg.output, cfg.model
+    _check(d.multiview is not None or d.image_text is not None, "data",
+           "needs at least one of multiview / image_text", None)
+    _check(d.num_views >= 1, "data.num_views", "must be >= 1", d.num_views)
+    _check(d.image_size >= 8, "data.image_size", "must be >= 8", d.image_size)
+    _check(0.0 <= d.p_2d <= 1.0, "data.p_2d", "must be in [0, 1]", d.p_2d)
+    _check(0.0 <= d.caption_dropout <= 1.0, "data.caption_dropout", "must be in [0, 1]", d.caption_dropout)
+    _check(d.batch_size >= 1, "data.batch_size", "must be >= 1", d.batch_size)
+    _check(d.batch_size_2d is None or d.batch_size_2d >= 1, "data.batch_size_2d", "must be >= 1", d.batch_size_2d)
+    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0", d.num_workers)
+    _check(t.steps >= 1, "train.steps", "must be >= 1", t.steps)
+    _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
+    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
+    _check(isinstance(t.betas, list | tuple) and len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
+           "train.betas", "must be two numbers in [0, 1)", t.betas)
+    t.betas = (float(t.betas[0]), float(t.betas[1]))
+    _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
+    _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1", t.grad_accum)
+    _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)", t.grad_clip)
+    _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1) (0 disables EMA)", t.ema_decay)
+    _check(t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "must be no, bf16 or fp16",
+           t.mixed_precision)
+    _check(o.checkpoint_every >= 1, "output.checkpoint_every", "must be >= 1", o.checkpoint_every)
+    _check(o.keep_checkpoints >= 1, "output.keep_checkpoints", "must be >= 1", o.keep_checkpoints)
+    _check(o.log_every >= 1, "output.log_every", "must be >= 1", o.log_every)
+    _check(o.sample_every >= 0, "output.sample_every", "must be >= 0 (0 disables samples)", o.sample_every)
+    _check(m.prediction_type in (None, "eps", "v"), "model.prediction_type", "must be eps or v", m.prediction_type)
+    if base_dir is not None:  # relative paths in a config file are relative to that file
+        def rel(p: str) -> str:
+            return p if os.path.isabs(p) else str((base_dir / p).resolve())
+
+        if d.multiview is not None:
+            d.multiview = rel(d.multiview)
+        if isinstance(d.image_text, str):
+            d.image_text = rel(d.image_text)
+        elif isinstance(d.image_text, list):
+            d.image_text = [rel(p) for p in d.image_text]
+        if m.init not in ("scratch",):
+            m.init = rel(m.init)
+        if isinstance(m.config, str) and m.config.endswith((".yaml", ".yml")):
+            m.config = rel(m.config)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> TrainConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a training config must be a mapping, got {type(raw).__name__}")
+    sections = {"model": ModelSection, "data": DataSection, "train": TrainSection, "output": OutputSection}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; known: {sorted(sections)}")
+    cfg = TrainConfig(**{k: _section(cls, raw.get(k), k) for k, cls in sections.items()})
+    return validate(cfg, base_dir)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    """Read and validate a YAML training config; ``overrides`` are ``section.key=value`` strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"override {item!r}: {section} is not a section")
+        raw[section][name] = yaml.safe_load(value)
+    return config_from_dict(raw, base_dir=path.resolve().parent)
