@@ -1,0 +1,1 @@
+"""Joint 2D + 3D training (trainer.py) and its YAML config (config.py)."""

@@ -1,0 +1,398 @@
+"""Joint 2D + 3D training of a multi-view diffusion model (MVDream's central idea).
+
+Each optimisation step draws, with probability ``p_2d``, a 2D image-text batch (``num_frames=1``, no
+camera) and otherwise a multi-view batch (B objects x F views, object-major, with cameras). Captions
+are dropped with probability ``caption_dropout`` for classifier-free guidance. The UNet learns eps
+(or v) with an MSE loss; the VAE and the text encoder stay frozen. Built on ``accelerate``: the same
+code runs on one CPU, one GPU or many processes (``accelerate launch``, DDP).
+
+Never losing work: every ``checkpoint_every`` steps, and on SIGINT/SIGTERM, the UNet, EMA, optimiser,
+LR scheduler, step, RNG and data position are written atomically (temp dir + rename) under
+``OUT/checkpoints/step_XXXXXXX``; ``--resume`` continues from the newest complete one. All randomness
+of a step (batch kind, timesteps, noise, caption dropout) comes from a generator seeded by
+(seed, step, rank), so a resumed run takes the same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..checkpoints import read_checkpoint, split_state_dict, write_checkpoint
+from ..models.model import MVDreamModel, build_model, load_model, resolve_config
+from .config import TrainConfig
+
+CKPT_DIR = "checkpoints"
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator for all random choices of one step on one rank (resume-exact)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 257 + rank)
+
+
+def init_model(cfg: TrainConfig) -> MVDreamModel:
+    """Build the model: from scratch, from an MVDream checkpoint, or from a 2D SD checkpoint.
+
+    A 2D checkpoint (UNet keys without ``camera_embed``) fills everything else; the camera MLP starts
+    with its last layer at zero so the initial model equals the 2D model.
+    """
+    model_cfg = resolve_config(cfg.model.config)
+    if cfg.model.prediction_type is not None:
+        model_cfg["model"]["params"]["parameterization"] = cfg.model.prediction_type
+    init = cfg.model.init
+    if init == "scratch":
+        return build_model(model_cfg)
+    state, _ = read_checkpoint(init)
+    parts = split_state_dict(state)
+    model = build_model(model_cfg)
+    if not model.unet.has_camera or any(k.startswith("camera_embed.") for k in parts["unet"]):
+        return load_model(model_cfg, state)  # a multi-view checkpoint of this config
+    # a 2D Stable Diffusion checkpoint: everything but the camera MLP
+    missing, unexpected = model.unet.load_state_dict(parts["unet"], strict=False)
+    bad = [k for k in missing if not k.startswith("camera_embed.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"2D checkpoint {init} does not fit the UNet config: e.g. {bad[:3]}")
+    if model.text_encoder is not None and parts["text"]:
+        model.text_encoder.load_state_dict(parts["text"], strict=True)
+    if model.vae is not None and parts["vae"]:
+        from ..models.vae import load_vae
+
+        model.vae = load_vae(model.params["first_stage_config"]["params"], parts["vae"])
+    torch.nn.init.zeros_(model.unet.camera_embed[2].weight)  # start exactly at the 2D model
+    torch.nn.init.zeros_(model.unet.camera_embed[2].bias)
+    return model
+
+
+class Checkpointer:
+    """Atomic training checkpoints under ``out/checkpoints/step_XXXXXXX`` (temp dir, then rename)."""
+
+    def __init__(self, out: Path, keep: int) -> None:
+        self.root = out / CKPT_DIR
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        if not self.root.is_dir():
+            return None
+        done = sorted(p for p in self.root.glob("step_*") if p.is_dir() and (p / "state.json").is_file())
+        return done[-1] if done else None
+
+    def save(self, step: int, unet: torch.nn.Module, ema: Any, optimizer: Any, scheduler: Any,
+             state: dict[str, Any]) -> Path:
+        from safetensors.torch import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"step_{step:07d}"
+        tmp = self.root / f".tmp_step_{step:07d}_{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()},
+                  str(tmp / "unet.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))  # written last: marks completeness
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in sorted(p for p in self.root.glob("step_*") if p.is_dir())[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    @staticmethod
+    def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+        from safetensors.torch import load_file
+
+        unet = load_file(str(path / "unet.safetensors"))
+        opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        state = json.loads((path / "state.json").read_text())
+        return unet, opt, state
+
+
+class _Stop:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so the step in flight completes."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _data_streams(cfg: TrainConfig, rank: int, world: int, data_state: dict[str, Any] | None
+                  ) -> tuple[Iterator[dict] | None, Iterator[dict] | None, dict[str, Any]]:
+    from ..data.datasets import ImageTextDataset, MultiViewDataset, collate_multiview, infinite_loader
+
+    d = cfg.data
+    datasets: dict[str, Any] = {}
+    if d.multiview is not None:
+        datasets["mv"] = MultiViewDataset(d.multiview, num_views=d.num_views, image_size=d.image_size,
+                                          background=d.background, seed=cfg.train.seed, rank=rank,
+                                          world_size=world)
+    if d.image_text is not None and d.p_2d > 0:
+        datasets["2d"] = ImageTextDataset(d.image_text, image_size=d.image_size, background=d.background,
+                                          seed=cfg.train.seed + 1, rank=rank, world_size=world)
+    for k, ds in datasets.items():
+        if data_state and k in data_state:
+            ds.load_state_dict(data_state[k])
+    bs2d = d.batch_size_2d or d.batch_size * d.num_views
+    mv = infinite_loader(datasets["mv"], d.batch_size, d.num_workers, collate_multiview) if "mv" in datasets else None
+    im = infinite_loader(datasets["2d"], bs2d, d.num_workers, collate_multiview) if "2d" in datasets else None
+    return mv, im, datasets
+
+
+def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None = None) -> Path:
+    """Run (or resume) training as configured; returns the output directory.
+
+    The final model (EMA weights) is written as ``OUT/model.safetensors``, loadable by every command.
+    ``max_steps_this_run`` stops early after that many steps (checkpointing first), for tests.
+    """
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import gather_object
+    from diffusers.training_utils import EMAModel
+
+    out = Path(cfg.output.dir)
+    t = cfg.train
+    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
+    accel = Accelerator(
+        mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    rank, world = accel.process_index, accel.num_processes
+    if accel.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(f"cannot write to output directory {out}")
+    ckpt = Checkpointer(out, cfg.output.keep_checkpoints)
+    latest = ckpt.latest() if resume else None
+    if resume and latest is None:
+        accel.print(f"--resume: no checkpoint under {out / CKPT_DIR}; starting from step 0")
+    if not resume and ckpt.latest() is not None:
+        raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or choose another "
+                         f"output.dir")
+
+    torch.manual_seed(t.seed)
+    model = init_model(cfg)
+    schedule = model.noise_schedule
+    if t.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    for part in (model.vae, model.text_encoder):
+        if part is not None:
+            part.requires_grad_(False).eval().to(accel.device)
+    unet = model.unet
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    warm = max(1, t.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+    ema = EMAModel(unet.parameters(), decay=t.ema_decay) if t.ema_decay > 0 else None
+
+    step, data_state, history = 0, None, []
+    if latest is not None:
+        unet_state, opt_state, state = Checkpointer.load(latest)
+        unet.load_state_dict(unet_state)
+        optimizer.load_state_dict(opt_state["optimizer"])
+        scheduler.load_state_dict(opt_state["scheduler"])
+        if ema is not None and opt_state.get("ema") is not None:
+            ema.load_state_dict(opt_state["ema"])
+        torch.set_rng_state(opt_state["torch_rng"])
+        step, data_state = state["step"], state["data"][rank] if rank < len(state["data"]) else None
+        accel.print(f"resumed from {latest} at step {step}")
+    unet.to(accel.device)
+    if ema is not None:
+        ema.to(accel.device)
+    unet_p, optimizer_p, scheduler_p = accel.prepare(unet, optimizer, scheduler)
+
+    mv_iter, im_iter, datasets = _data_streams(cfg, rank, world, data_state)
+    writer = _tensorboard(out) if accel.is_main_process else None
+    log_path = out / "train_log.jsonl"
+    if accel.is_main_process:
+        (out / "train_config.yaml").write_text(_yaml(cfg.to_dict()))
+
+    def data_state_now() -> dict[str, Any]:
+        return {k: ds.state_dict() for k, ds in datasets.items()}  # infinite_loader keeps them current
+
+    def save(at: int) -> None:
+        states = gather_object([data_state_now()]) if world > 1 else [data_state_now()]
+        if accel.is_main_process:
+            path = ckpt.save(at, accel.unwrap_model(unet_p), ema, optimizer, scheduler,
+                             {"step": at, "data": states, "config": cfg.to_dict(), "time": time.time()})
+            accel.print(f"checkpoint: {path}")
+        accel.wait_for_everyone()
+
+    end = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
+    bar = tqdm(total=t.steps, initial=step, desc="train", disable=not accel.is_main_process,
+               dynamic_ncols=True, unit="step")
+    t0, steps_done, wait_data = time.perf_counter(), 0, 0.0
+    with _Stop() as stop:
+        while step < end:
+            unet_p.train()
+            g = step_generator(t.seed, step, rank)
+            loss_sum, kinds = 0.0, []
+            for _ in range(t.grad_accum):
+                with accel.accumulate(unet_p):
+                    use_2d = im_iter is not None and (mv_iter is None or torch.rand((), generator=g) < cfg.data.p_2d)
+                    tw = time.perf_counter()
+                    batch = next(im_iter if use_2d else mv_iter)
+                    wait_data += time.perf_counter() - tw
+                    loss = _loss(model, unet_p, schedule, batch, cfg, g, accel.device)
+                    accel.backward(loss)
+                    if accel.sync_gradients and t.grad_clip > 0:
+                        accel.clip_grad_norm_(unet_p.parameters(), t.grad_clip)
+                    optimizer_p.step()
+                    scheduler_p.step()
+                    optimizer_p.zero_grad(set_to_none=True)
+                loss_sum += loss.item() / t.grad_accum
+                kinds.append("2d" if use_2d else "mv")
+            if ema is not None:
+                ema.step(accel.unwrap_model(unet_p).parameters())
+            step += 1
+            steps_done += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.4f}", kind="/".join(kinds))
+            if accel.is_main_process:
+                history.append({"step": step, "loss": loss_sum, "kind": kinds[0], "lr": scheduler.get_last_lr()[0]})
+            if step % cfg.output.log_every == 0 or step == end:
+                _log(writer, log_path, history, accel.is_main_process, t0, steps_done, wait_data)
+                history = []
+            if cfg.output.sample_every and step % cfg.output.sample_every == 0:
+                _sample_grid(model, accel.unwrap_model(unet_p), ema, cfg, out, step, writer, accel)
+            if step % cfg.output.checkpoint_every == 0 or step == end or stop.requested:
+                save(step)
+            if stop.requested:
+                accel.print(f"stopped by signal at step {step}; checkpoint saved. Continue with --resume")
+                break
+    bar.close()
+    if step >= t.steps:
+        _finish(model, accel.unwrap_model(unet_p), ema, out, accel)
+    if writer is not None:
+        writer.close()
+    accel.wait_for_everyone()
+    return out
+
+
+def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict[str, Any], cfg: TrainConfig,
+          g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Diffusion loss of one batch (object-major). Timesteps are shared by the views of an object."""
+    f = int(batch["num_frames"])
+    images = batch["images"].to(device)
+    captions = [c if torch.rand((), generator=g) >= cfg.data.caption_dropout else "" for c in batch["captions"]]
+    with torch.no_grad():
+        x0 = model.encode_images(images)
+        context = model.encode_text(captions).to(device) if model.text_encoder is not None else None
+    b = x0.shape[0] // f
+    t = torch.randint(0, schedule.num_timesteps, (b,), generator=g).repeat_interleave(f).to(device)
+    noise = torch.randn(x0.shape, generator=g).to(device, x0.dtype)
+    x_t = schedule.q_sample(x0, t, noise)
+    target = schedule.training_target(x0, t, noise)
+    camera = batch.get("cameras")
+    camera = camera.to(device) if camera is not None and model.unet.has_camera else None
+    if context is not None:
+        context = context.repeat_interleave(f, dim=0)
+    pred = unet(x_t, t, context=context, camera=camera, num_frames=f)
+    return F.mse_loss(pred.float(), target.float())
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: the JSONL log still has everything
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _log(writer: Any, path: Path, history: list[dict], main: bool, t0: float, steps: int, wait: float) -> None:
+    if not main or not history:
+        return
+    elapsed = time.perf_counter() - t0
+    with path.open("a") as f:
+        for h in history:
+            h = dict(h, steps_per_s=steps / elapsed, data_wait_share=wait / max(elapsed, 1e-9))
+            f.write(json.dumps(h) + "\n")
+            if writer is not None:
+                writer.add_scalar("loss", h["loss"], h["step"])
+                writer.add_scalar(f"loss_{h['kind']}", h["loss"], h["step"])
+                writer.add_scalar("lr", h["lr"], h["step"])
+    if writer is not None:
+        writer.add_scalar("steps_per_s", steps / elapsed, history[-1]["step"])
+        writer.add_scalar("data_wait_share", wait / max(elapsed, 1e-9), history[-1]["step"])
+
+
+@torch.no_grad()
+def _sample_grid(model: MVDreamModel, unet: torch.nn.Module, ema: Any, cfg: TrainConfig, out: Path, step: int,
+                 writer: Any, accel: Any) -> None:
+    """4-view samples of the configured prompts with the EMA weights -> PNG + TensorBoard image."""
+    if not accel.is_main_process:
+        return
+    from ..pipeline import MultiViewPipeline
+
+    if ema is not None:
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+    was_training = unet.training
+    unet.eval()
+    try:
+        pipe = MultiViewPipeline(model)
+        size = cfg.data.image_size
+        res = pipe(cfg.output.sample_prompts, num_views=cfg.data.num_views, num_inference_steps=cfg.output.sample_steps,
+                   guidance_scale=cfg.output.sample_guidance, seed=0, height=size, width=size, prompt_suffix="")
+        grid = res.grid(rows=len(cfg.output.sample_prompts))
+        (out / "samples").mkdir(exist_ok=True)
+        grid.save(out / "samples" / f"step_{step:07d}.png")
+        if writer is not None:
+            import numpy as np
+
+            writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    finally:
+        unet.train(was_training)
+        if ema is not None:
+            ema.restore(unet.parameters())
+
+
+def _finish(model: MVDreamModel, unet: torch.nn.Module, ema: Any, out: Path, accel: Any) -> None:
+    """Write the final model (EMA weights) and record a parameter checksum per rank (sync check)."""
+    from accelerate.utils import gather_object
+
+    checksum = float(sum(p.detach().double().sum().item() * (i + 1) for i, p in enumerate(unet.parameters())))
+    sums = gather_object([checksum]) if accel.num_processes > 1 else [checksum]
+    if not accel.is_main_process:
+        return
+    if ema is not None:
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+    model.unet = unet
+    write_checkpoint(out / "model.safetensors", model.ldm_state_dict(), model.config)
+    if ema is not None:
+        ema.restore(unet.parameters())
+    in_sync = all(math.isclose(s, sums[0], rel_tol=0, abs_tol=0) for s in sums)
+    (out / "final.json").write_text(json.dumps({"rank_param_checksums": sums, "ranks_in_sync": in_sync}))
+    accel.print(f"final model: {out / 'model.safetensors'} (ranks in sync: {in_sync})")
+
+
+def _yaml(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)

@@ -1,0 +1,237 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from mvdream3d import cameras
+from mvdream3d.training.config import ConfigError, config_from_dict, load_config
+
+# A pixel-space model (no VAE) with a tiny OpenCLIP-style text tower: cheap enough for CPU tests.
+TINY_PIXEL_MODEL = {
+    "model": {"params": {
+        "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "parameterization": "eps",
+        "unet_config": {"params": {
+            "in_channels": 3, "out_channels": 3, "model_channels": 32, "attention_resolutions": [2],
+            "num_res_blocks": 1, "channel_mult": [1, 2], "num_head_channels": 16, "context_dim": 32,
+            "use_linear_in_transformer": True, "camera_dim": 16}},
+        "first_stage_config": {"target": "torch.nn.Identity"},
+        "cond_stage_config": {"target": "FrozenOpenCLIPEmbedder",
+                              "params": {"layer": "penultimate", "width": 32, "layers": 2, "heads": 2,
+                                         "embed_dim": 32}},
+    }}
+}
+
+
+def make_multiview_folder(root: Path, n_assets: int = 3, views: int = 8, size: int = 16) -> Path:
+    rng = np.random.default_rng(0)
+    for a in range(n_assets):
+        d = root / f"asset{a}"
+        d.mkdir(parents=True)
+        colour = rng.integers(0, 255, 3)
+        meta = {"asset": f"asset{a}", "caption": f"object number {a}", "size": size, "views": []}
+        for v in range(views):
+            az = 360.0 * v / views
+            img = np.zeros((size, size, 4), np.uint8)
+            img[4:12, 4:12, :3] = colour
+            img[4:12, 4:12, 3] = 255
+            img[4:12, 4 + v % 4, :3] = 255 - colour  # a view-dependent mark
+            Image.fromarray(img, "RGBA").save(d / f"rgba_{v:03d}.png")
+            c2w = cameras.orbit_c2w(torch.tensor([10.0]), torch.tensor([az]), 1.5)[0]
+            meta["views"].append({"file": f"rgba_{v:03d}.png", "c2w": c2w.tolist(),
+                                  "model_camera": cameras.c2w_to_model_camera(c2w)[0].tolist(),
+                                  "elevation": 10.0, "azimuth": az, "distance": 1.5, "fov_deg": 40.0})
+        (d / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def make_image_text_folder(root: Path, n: int = 6, size: int = 16) -> Path:
+    root.mkdir(parents=True)
+    for i in range(n):
+        arr = np.full((size, size, 3), 40 * i % 255, np.uint8)
+        Image.fromarray(arr).save(root / f"img{i}.png")
+        (root / f"img{i}.txt").write_text(f"a flat picture {i}")
+    return root
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_multiview_folder(tmp_path / "mv"), make_image_text_folder(tmp_path / "2d")
+
+
+def _config(tmp_path, data, **train):
+    mv, im = data
+    raw = {
+        "model": {"config": TINY_PIXEL_MODEL},
+        "data": {"multiview": str(mv), "image_text": str(im), "num_views": 4, "image_size": 16, "p_2d": 0.5,
+                 "batch_size": 2},
+        "train": {"steps": 4, "lr": 1e-3, "seed": 0, **train},
+        "output": {"dir": str(tmp_path / "run"), "checkpoint_every": 2, "log_every": 1, "sample_every": 0},
+    }
+    return raw
+
+
+def _write(tmp_path, raw, name="cfg.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_loss_decreases_on_a_repeated_batch():
+    from mvdream3d.models.model import build_model
+    from mvdream3d.training.trainer import _loss, step_generator
+
+    cfg = config_from_dict({"model": {"config": TINY_PIXEL_MODEL}, "data": {"multiview": "x", "caption_dropout": 0}})
+    torch.manual_seed(0)
+    model = build_model(TINY_PIXEL_MODEL)
+    batch = {"images": torch.rand(8, 3, 16, 16) * 2 - 1, "cameras": cameras.get_camera(4).repeat(2, 1),
+             "captions": ["a", "b"], "num_frames": 4}
+    opt = torch.optim.AdamW(model.unet.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(8):
+        loss = _loss(model, model.unet, model.noise_schedule, batch, cfg, step_generator(0, 0, 0), torch.device("cpu"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_train_end_to_end_and_outputs(tmp_path, data):
+    from mvdream3d.cli import main
+    from mvdream3d.models.model import load_model
+
+    raw = _config(tmp_path, data)
+    raw["output"]["sample_every"] = 4
+    raw["output"]["sample_steps"] = 2
+    assert main(["train", str(_write(tmp_path, raw))]) == 0
+    run = tmp_path / "run"
+    model = load_model(None, run / "model.safetensors")
+    assert model.unet.has_camera
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and {r["kind"] for r in log} <= {"mv", "2d"}
+    assert (run / "samples" / "step_0000004.png").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
+    assert list((run / "tensorboard").iterdir())
+    # a second run into the same folder without --resume is refused
+    assert main(["train", str(_write(tmp_path, raw))]) == 2
+
+
+def test_resume_is_exact(tmp_path, data):
+    from safetensors.torch import load_file
+
+    from mvdream3d.training.config import config_from_dict
+    from mvdream3d.training.trainer import train
+
+    raw = _config(tmp_path, data)
+    raw["output"]["dir"] = str(tmp_path / "a")
+    train(config_from_dict(raw))
+    raw["output"]["dir"] = str(tmp_path / "b")
+    train(config_from_dict(raw), max_steps_this_run=2)
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    train(config_from_dict(raw), resume=True)
+    a = load_file(tmp_path / "a" / "checkpoints" / "step_0000004" / "unet.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoints" / "step_0000004" / "unet.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def _spawn_train(cfg_path, *extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "mvdream3d.cli", "train", str(cfg_path), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+
+
+def _wait_for(path_glob_dir: Path, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if path_glob_dir.is_dir() and any(p.name.startswith("step_") for p in path_glob_dir.iterdir()):
+            return
+        time.sleep(0.2)
+    raise TimeoutError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes(tmp_path, data, sig):
+    raw = _config(tmp_path, data, steps=40)
+    raw["output"]["checkpoint_every"] = 3
+    cfg = _write(tmp_path, raw)
+    proc = _spawn_train(cfg)
+    _wait_for(tmp_path / "run" / "checkpoints")
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 0, out
+        assert "stopped by signal" in out
+    state = json.loads(sorted((tmp_path / "run" / "checkpoints").glob("step_*"))[-1].joinpath("state.json").read_text())
+    assert 3 <= state["step"] < 40
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp*")) or sig == signal.SIGKILL
+    r = subprocess.run([sys.executable, "-m", "mvdream3d.cli", "train", str(cfg), "--resume"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resumed from" in r.stdout + r.stderr
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_two_process_gloo_run_keeps_ranks_in_sync(tmp_path, data):
+    raw = _config(tmp_path, data, steps=3)
+    cfg = _write(tmp_path, raw)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                        "-m", "mvdream3d.cli", "train", str(cfg)], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert len(final["rank_param_checksums"]) == 2 and final["ranks_in_sync"]
+
+
+def test_init_from_2d_checkpoint_equals_2d_model(tmp_path):
+    from mvdream3d.checkpoints import write_checkpoint
+    from mvdream3d.models.model import build_model
+    from mvdream3d.training.trainer import init_model
+
+    torch.manual_seed(1)
+    m2d = build_model(TINY_PIXEL_MODEL)
+    state = {k: v for k, v in m2d.ldm_state_dict().items() if ".camera_embed." not in k}
+    path = write_checkpoint(tmp_path / "sd2d.safetensors", state)
+    cfg = config_from_dict({"model": {"config": TINY_PIXEL_MODEL, "init": str(path)}, "data": {"multiview": "x"}})
+    mv = init_model(cfg)
+    x, t, ctx = torch.randn(4, 3, 16, 16), torch.full((4,), 300), torch.randn(4, 77, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mv.unet(x, t, ctx, cameras.get_camera(4), num_frames=1), m2d.unet(x, t, ctx))
+
+
+@pytest.mark.parametrize(
+    "patch,match",
+    [
+        ({"train": {"lr": -1}}, r"train.lr: must be > 0"),
+        ({"train": {"lrr": 1}}, r"unknown key\(s\) \['lrr'\]"),
+        ({"data": {"p_2d": 2}}, r"data.p_2d"),
+        ({"train": {"steps": "many"}}, r"train.steps: must be an integer"),
+        ({"optimiser": {}}, r"unknown top-level key"),
+        ({"train": {"mixed_precision": "fp8"}}, r"mixed_precision"),
+    ],
+)
+def test_bad_configs_name_the_key(tmp_path, data, patch, match):
+    raw = _config(tmp_path, data)
+    for k, v in patch.items():
+        raw.setdefault(k, {}).update(v)
+    with pytest.raises(ConfigError, match=match):
+        load_config(_write(tmp_path, raw))
+
+
+def test_empty_data_folder_fails_clearly(tmp_path, data):
+    from mvdream3d.cli import main
+
+    raw = _config(tmp_path, data)
+    (tmp_path / "empty").mkdir()
+    raw["data"]["multiview"] = str(tmp_path / "empty")
+    rc = main(["train", str(_write(tmp_path, raw))])
+    assert rc == 2
