@@ -561,3 +561,15 @@ def test_rank_from_torch_distributed(mv_root, monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     assert _ids(copy) == explicit  # the rank travelled with the pickle
     assert ds.state_dict()["world_size"] == 1  # live query again in this process
+
+
+def test_multiview_dataset_over_several_roots(tmp_path):
+    from test_training import make_multiview_folder
+
+    from mvdream3d.data import MultiViewDataset
+
+    a = make_multiview_folder(tmp_path / "a", n_assets=2)
+    b = make_multiview_folder(tmp_path / "b", n_assets=3)
+    ds = MultiViewDataset([a, b], num_views=4, image_size=16)
+    assert ds.num_items == 5 and "a/asset0" in ds.asset_ids and "b/asset2" in ds.asset_ids
+    assert ds.get("b/asset1")["images"].shape == (4, 3, 16, 16)

@@ -460,7 +460,7 @@ class MultiViewDataset(_StreamingDataset):
          "caption": str, "asset_id": str (folder name), "attributes": dict (may be empty)}
 
     Args:
-        root: folder with one sub-folder per asset (``meta.json`` + RGBA views).
+        root: folder with one sub-folder per asset (``meta.json`` + RGBA views), or a list of such folders.
         num_views: F, views per item.
         image_size: output side H = W.
         background: ``"white"``, ``"black"``, ``"gray"``, ``"random"`` (one random colour per item) or
@@ -479,7 +479,7 @@ class MultiViewDataset(_StreamingDataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | Sequence[str | os.PathLike],
         num_views: int = 4,
         image_size: int = 32,
         background: Background = "white",
@@ -503,8 +503,18 @@ class MultiViewDataset(_StreamingDataset):
             raise ValueError(f"fixed_start must be None or a non-negative view index, got {fixed_start!r}")
         self.fixed_start = None if fixed_start is None else int(fixed_start)
         self.drop_remainder = bool(drop_remainder)
-        self.root = Path(root)
-        self.asset_ids: list[str] = self._scan(validate)
+        roots = [Path(root)] if isinstance(root, str | os.PathLike) else [Path(r) for r in root]
+        if not roots:
+            raise ValueError("no multi-view data folder given")
+        self.root = roots[0]
+        # several roots: asset ids are "<root name>/<asset>" so they stay unique
+        self._folders: dict[str, Path] = {}
+        for r in roots:
+            self.root = r
+            for name in self._scan(validate):
+                self._folders[name if len(roots) == 1 else f"{r.name}/{name}"] = r / name
+        self.roots = roots
+        self.asset_ids: list[str] = list(self._folders)
         self._camera_mismatch_warned = False
 
     _LAYOUT_HINT = (
@@ -558,7 +568,8 @@ class MultiViewDataset(_StreamingDataset):
         return self._rank_length(self.num_items, rank, world)
 
     def __repr__(self) -> str:
-        return (f"MultiViewDataset({str(self.root)!r}, assets={self.num_items}, num_views={self.num_views}, "
+        roots = [str(r) for r in self.roots]
+        return (f"MultiViewDataset({roots!r}, assets={self.num_items}, num_views={self.num_views}, "
                 f"image_size={self.image_size}, background={self.background!r})")
 
     # ---- items
@@ -573,14 +584,14 @@ class MultiViewDataset(_StreamingDataset):
             try:
                 index = self.asset_ids.index(index)
             except ValueError:
-                raise KeyError(f"no asset {index!r} in {self.root}") from None
+                raise KeyError(f"no asset {index!r} in {self.roots}") from None
         if not -self.num_items <= int(index) < self.num_items:
             raise IndexError(f"asset index {index} out of range ({self.num_items} assets)")
         return self._load(int(index) % self.num_items, int(epoch), start)
 
     def _load(self, index: int, epoch: int, start: int | None = None) -> dict:
         asset_id = self.asset_ids[index]
-        folder = self.root / asset_id
+        folder = self._folders[asset_id]
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         views = meta["views"]
         caption = meta["caption"]
@@ -622,7 +633,7 @@ class MultiViewDataset(_StreamingDataset):
             return
         if stored.shape != cameras.shape or not torch.allclose(stored, cameras, atol=1e-4, rtol=0):
             self._camera_mismatch_warned = True
-            _warn(f"{self.root / asset_id}/meta.json: stored model_camera differs from "
+            _warn(f"{self._folders[asset_id]}/meta.json: stored model_camera differs from "
                   "c2w_to_model_camera(c2w); using the value recomputed from c2w (renderer convention bug?)")
 
     def _generate(self) -> Iterator[dict]:
@@ -631,12 +642,12 @@ class MultiViewDataset(_StreamingDataset):
             if index in self._bad:
                 failures += 1
                 if failures >= _MAX_CONSECUTIVE_FAILURES:
-                    raise RuntimeError(f"{failures} consecutive items could not be loaded from {self.root}")
+                    raise RuntimeError(f"{failures} consecutive items could not be loaded from {self.roots}")
                 continue
             try:
                 item = self._load(index, epoch)
             except _LOAD_ERRORS as err:
-                failures = self._skip_failed(index, f"asset {self.root / self.asset_ids[index]}", err, failures)
+                failures = self._skip_failed(index, f"asset {self._folders[self.asset_ids[index]]}", err, failures)
                 continue
             failures = 0
             yield item

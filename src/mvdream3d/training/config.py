@@ -43,7 +43,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    multiview: str | None = None
+    multiview: str | list[str] | None = None
     image_text: str | list[str] | None = None
     num_views: int = 4
     image_size: int = 32
@@ -125,7 +125,7 @@ def _check(cond: bool, key: str, msg: str, value: Any) -> None:
         raise ConfigError(f"{key}: {msg}, got {value!r}")
 
 
-def validate(cfg: TrainConfig, base_dir: Path | None = None) -> TrainConfig:
+def validate(cfg: TrainConfig) -> TrainConfig:
     d, t, o, m = cfg.data, cfg.train, cfg.output, cfg.model
     _check(d.multiview is not None or d.image_text is not None, "data",
            "needs at least one of multiview / image_text", None)
@@ -153,24 +153,11 @@ def validate(cfg: TrainConfig, base_dir: Path | None = None) -> TrainConfig:
     _check(o.log_every >= 1, "output.log_every", "must be >= 1", o.log_every)
     _check(o.sample_every >= 0, "output.sample_every", "must be >= 0 (0 disables samples)", o.sample_every)
     _check(m.prediction_type in (None, "eps", "v"), "model.prediction_type", "must be eps or v", m.prediction_type)
-    if base_dir is not None:  # relative paths in a config file are relative to that file
-        def rel(p: str) -> str:
-            return p if os.path.isabs(p) else str((base_dir / p).resolve())
-
-        if d.multiview is not None:
-            d.multiview = rel(d.multiview)
-        if isinstance(d.image_text, str):
-            d.image_text = rel(d.image_text)
-        elif isinstance(d.image_text, list):
-            d.image_text = [rel(p) for p in d.image_text]
-        if m.init not in ("scratch",):
-            m.init = rel(m.init)
-        if isinstance(m.config, str) and m.config.endswith((".yaml", ".yml")):
-            m.config = rel(m.config)
     return cfg
 
 
-def config_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> TrainConfig:
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """Validate a config mapping. Relative paths in it are relative to the working directory."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a training config must be a mapping, got {type(raw).__name__}")
     sections = {"model": ModelSection, "data": DataSection, "train": TrainSection, "output": OutputSection}
@@ -178,7 +165,7 @@ def config_from_dict(raw: dict[str, Any], base_dir: Path | None = None) -> Train
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}; known: {sorted(sections)}")
     cfg = TrainConfig(**{k: _section(cls, raw.get(k), k) for k, cls in sections.items()})
-    return validate(cfg, base_dir)
+    return validate(cfg)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
@@ -199,4 +186,4 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         if not isinstance(raw[section], dict):
             raise ConfigError(f"override {item!r}: {section} is not a section")
         raw[section][name] = yaml.safe_load(value)
-    return config_from_dict(raw, base_dir=path.resolve().parent)
+    return config_from_dict(raw)
