@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default=None, help="model name or YAML (default: embedded or detected)")
     c.set_defaults(func=cmd_convert)
 
+    from .data.render import add_render_subparser
+    from .data.synth import add_synth_subparser
+
+    add_render_subparser(sub)
+    add_synth_subparser(sub)
+
     t = sub.add_parser("train", help="joint 2D + multi-view training from a YAML config (accelerate-ready)")
     t.add_argument("config_file", metavar="CONFIG.yaml")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output.dir")
