@@ -76,7 +76,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         world = Path(tmp) / "world"
         results["render"] = r = bench_render(world, args.assets, 16, args.size)
-        print(f"renderer: {r['renders_per_s']:.0f} renders/s ({r['renders']} renders at {args.size} px, with PNG writing)")
+        print(f"renderer: {r['renders_per_s']:.0f} renders/s ({r['renders']} renders at {args.size} px, "
+              "PNG writing included)")
 
         from mvdream3d.data import ImageTextDataset, MultiViewDataset
 
