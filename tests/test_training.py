@@ -235,3 +235,13 @@ def test_empty_data_folder_fails_clearly(tmp_path, data):
     raw["data"]["multiview"] = str(tmp_path / "empty")
     rc = main(["train", str(_write(tmp_path, raw))])
     assert rc == 2
+
+
+def test_bf16_autocast_grad_accumulation_and_checkpointing(tmp_path, data):
+    from mvdream3d.training.config import config_from_dict
+    from mvdream3d.training.trainer import train
+
+    raw = _config(tmp_path, data, steps=2, mixed_precision="bf16", grad_accum=2, gradient_checkpointing=True)
+    out = train(config_from_dict(raw))
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(np.isfinite(r["loss"]) for r in log)
