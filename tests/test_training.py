@@ -147,7 +147,8 @@ def test_resume_is_exact(tmp_path, data):
 def _spawn_train(cfg_path, *extra):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "mvdream3d.cli", "train", str(cfg_path), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                            start_new_session=True)
 
 
 def _wait_for(path_glob_dir: Path, timeout=120):
@@ -159,23 +160,26 @@ def _wait_for(path_glob_dir: Path, timeout=120):
     raise TimeoutError("no checkpoint appeared")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes(tmp_path, data, sig):
+@pytest.mark.parametrize("sig,workers", [(signal.SIGKILL, 0), (signal.SIGTERM, 0), (signal.SIGINT, 1)])
+def test_killed_run_resumes(tmp_path, data, sig, workers):
     raw = _config(tmp_path, data, steps=40)
     raw["output"]["checkpoint_every"] = 3
+    raw["data"]["num_workers"] = workers
     cfg = _write(tmp_path, raw)
     proc = _spawn_train(cfg)
     _wait_for(tmp_path / "run" / "checkpoints")
-    proc.send_signal(sig)
+    # SIGINT goes to the whole process group, data workers included, as Ctrl-C in a terminal does
+    os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
-    if sig == signal.SIGTERM:
+    if sig != signal.SIGKILL:
         assert proc.returncode == 0, out
         assert "stopped by signal" in out
     state = json.loads(sorted((tmp_path / "run" / "checkpoints").glob("step_*"))[-1].joinpath("state.json").read_text())
     assert 3 <= state["step"] < 40
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp*")) or sig == signal.SIGKILL
-    r = subprocess.run([sys.executable, "-m", "mvdream3d.cli", "train", str(cfg), "--resume"], capture_output=True,
-                       text=True, timeout=300)
+    # resume and run two more steps (a shorter total keeps the test quick)
+    r = subprocess.run([sys.executable, "-m", "mvdream3d.cli", "train", str(cfg), "--resume",
+                        "--set", f"train.steps={state['step'] + 2}"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resumed from" in r.stdout + r.stderr
     assert (tmp_path / "run" / "model.safetensors").is_file()

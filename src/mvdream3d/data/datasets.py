@@ -1194,6 +1194,15 @@ def _batch_size_of(batch: Any, default: int) -> int:
     return default
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM: Ctrl-C (sent to the whole process group) or a kill of
+    the job must reach only the training process, which saves a checkpoint and then shuts them down."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def infinite_loader(
     dataset: IterableDataset,
     batch_size: int,
@@ -1231,6 +1240,7 @@ def infinite_loader(
     )
     if num_workers > 0:
         kwargs["persistent_workers"] = True
+        kwargs["worker_init_fn"] = _ignore_stop_signals
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
     loader = DataLoader(dataset, **kwargs)

@@ -140,7 +140,7 @@ class MVDreamModel(nn.Module):
         out = {UNET_PREFIX + k: v for k, v in self.unet.state_dict().items()}
         if self.vae is not None:
             out.update({VAE_PREFIX + k: v for k, v in self.vae.ldm_state_dict().items()})
-        if self.text_encoder is not None:
+        if self.text_encoder is not None and not getattr(self.text_encoder, "weights_external", False):
             out.update({TEXT_PREFIX + k: v for k, v in self.text_encoder.state_dict().items()})
         out.update(self.noise_schedule.ldm_buffers())
         return out
@@ -238,7 +238,7 @@ def load_model(config: str | os.PathLike | Mapping[str, Any] | None,
             model.vae = load_vae(vae_params, parts["vae"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"the checkpoint's VAE weights do not fit the config {config_name!r}: {e}") from e
-    if model.text_encoder is not None:
+    if model.text_encoder is not None and not getattr(model.text_encoder, "weights_external", False):
         if not parts["text"]:
             raise CheckpointError(
                 f"config {config_name!r} has a text encoder but the checkpoint has no {TEXT_PREFIX} keys")

