@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_render_subparser(sub)
     add_synth_subparser(sub)
 
+    from .evaluation.classifier import add_train_classifier_subparser
+    from .evaluation.evaluate import add_evaluate_subparser
+
+    add_evaluate_subparser(sub)
+    add_train_classifier_subparser(sub)
+
     t = sub.add_parser("train", help="joint 2D + multi-view training from a YAML config (accelerate-ready)")
     t.add_argument("config_file", metavar="CONFIG.yaml")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output.dir")

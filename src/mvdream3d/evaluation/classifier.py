@@ -275,7 +275,7 @@ def make_training_data(
     elevation_range: Sequence[float] = (0.0, 30.0),
     fov_range: Sequence[float] = (15.0, 60.0),
     distance_range: Sequence[float] = (0.9, 1.1),
-    p_feature: float = 0.6,
+    p_feature: float = 0.75,
     visible_min_px: float = 1.5,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
@@ -410,7 +410,7 @@ def _per_class_accuracy(model: ViewClassifier, data: dict[str, np.ndarray], idx:
 
 def train_classifier(
     out: str | os.PathLike,
-    num_assets: int = 2400,
+    num_assets: int = 2000,
     views: int = 8,
     size: int = 32,
     steps: int = 1500,
@@ -420,6 +420,7 @@ def train_classifier(
     weight_decay: float = 1e-4,
     test_fraction: float = 0.1,
     threads: int | None = 1,
+    p_feature: float = 0.75,
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
@@ -449,7 +450,7 @@ def train_classifier(
         "num_assets": num_assets, "views": views, "size": size, "render_sizes": [size, 2 * size],
         "elevation_range": [0.0, 30.0], "fov_range": [15.0, 60.0], "distance_range": [0.9, 1.1],
         "distance_rule": "d * WORLD_RADIUS / sin(fov / 2)", "azimuth": "uniform [0, 360)",
-        "asset_rng": "synth.make_asset(numpy.random.default_rng([seed, 5, i]), p_feature=0.6, p_pair=0)",
+        "asset_rng": f"synth.make_asset(numpy.random.default_rng([seed, 5, i]), p_feature={p_feature}, p_pair=0)",
         "concepts": {"shapes": list(synth.SHAPES), "colors": list(synth.COLORS), "features": list(synth.FEATURES)},
         "held_out_2d_only_included": {"colors": list(synth.DEFAULT_HELD_OUT_COLORS),
                                       "shapes": list(synth.DEFAULT_HELD_OUT_SHAPES)},
@@ -459,8 +460,8 @@ def train_classifier(
         "visible_label": f"feature area >= {config.visible_min_px} px at {size} px",
     }
     t0 = time.perf_counter()
-    data = make_training_data(num_assets, views, size, seed, visible_min_px=config.visible_min_px,
-                              progress=progress)
+    data = make_training_data(num_assets, views, size, seed, p_feature=p_feature,
+                              visible_min_px=config.visible_min_px, progress=progress)
     t_render = time.perf_counter() - t0
 
     n_test_assets = max(1, int(round(num_assets * test_fraction)))
@@ -490,8 +491,8 @@ def train_classifier(
         opt.step()
         sched.step()
         for k, v in losses.items():
-            v = v.item()
-            running[k] = 0.95 * running.get(k, v) + 0.05 * v
+            val = v.item()
+            running[k] = 0.95 * running.get(k, val) + 0.05 * val
         bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
     t_train = time.perf_counter() - t1
     model.eval()
@@ -526,8 +527,20 @@ def train_classifier(
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "cpu_count": os.cpu_count()},
     }
+    card = _nan_to_none(card)
     save_classifier(out, model, card)
     return card
+
+
+def _nan_to_none(x: Any) -> Any:
+    """JSON has no NaN: undefined values (e.g. azimuth accuracy without featured views) become None."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_nan_to_none(v) for v in x]
+    return x
 
 
 def _config_dict(config: ClassifierConfig) -> dict:
@@ -612,7 +625,7 @@ def add_train_classifier_subparser(subparsers: Any) -> argparse.ArgumentParser:
         "head and write FILE (.safetensors) and FILE with .json (the card: accuracies, recipe, timing).",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="output weights file (.safetensors)")
-    p.add_argument("--num-assets", type=int, default=2400, help="procedural assets to render (default 2400)")
+    p.add_argument("--num-assets", type=int, default=2000, help="procedural assets to render (default 2000)")
     p.add_argument("--views", type=int, default=8, help="random views per asset (default 8)")
     p.add_argument("--size", type=int, default=32, help="classifier input size in pixels (default 32)")
     p.add_argument("--steps", type=int, default=1500, help="optimisation steps (default 1500)")
@@ -641,10 +654,10 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     ho = card["test_accuracy_held_out_concepts"]
     s = card["seconds"]
     print(f"held-out accuracy ({card['test_split']['views']} views of {card['test_split']['assets']} unseen assets): "
-          + ", ".join(f"{k} {v:.1%}" for k, v in acc.items() if not math.isnan(v)))
+          + ", ".join(f"{k} {v:.1%}" for k, v in acc.items() if v is not None))
     if ho:
         print("  of which views of held-out 2D-only concepts: "
-              + ", ".join(f"{k} {v:.1%}" for k, v in ho.items() if not math.isnan(v)))
+              + ", ".join(f"{k} {v:.1%}" for k, v in ho.items() if v is not None))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')} "
           f"({card['parameters']:,d} parameters; render {s['render']:.0f} s, train {s['train']:.0f} s)")
     return 0

@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from ..data import synth
-from .classifier import azimuth_bin, default_classifier_path, load_classifier, render_views, to_input_array
+from .classifier import (
+    _nan_to_none,
+    azimuth_bin,
+    default_classifier_path,
+    load_classifier,
+    render_views,
+    to_input_array,
+)
 from .metrics import METRIC_NAMES, frechet_distance, object_metrics, summarize
 from .prompts import Prompt, default_prompts_path, load_prompts
 from .report import bar_plot, format_table, sample_grid, write_reports
@@ -170,8 +177,9 @@ def _score(prompts: Sequence[Prompt], pred: dict[str, np.ndarray], clf: Any) -> 
                 clf.config.azimuth_bins,
             )
             m["views"] = [
-                {"azimuth": az, "shape": str(pred["shape_name"][p, o, v]), "color": str(pred["color_name"][p, o, v]),
-                 "feature_visible": bool(pred["visible"][p, o, v]), "azimuth_bin_deg": float(pred["azimuth_deg"][p, o, v]),
+                {"azimuth": az, "shape": str(pred["shape_name"][p, o, v]),
+                 "color": str(pred["color_name"][p, o, v]), "feature_visible": bool(pred["visible"][p, o, v]),
+                 "azimuth_bin_deg": float(pred["azimuth_deg"][p, o, v]),
                  "shape_confidence": round(float(pred["shape_prob"][p, o, v].max()), 4),
                  "color_confidence": round(float(pred["color_prob"][p, o, v].max()), 4)}
                 for v, az in enumerate(EVAL_AZIMUTHS)
@@ -189,19 +197,16 @@ def _fid(feats: np.ndarray, ref: np.ndarray, idx: Sequence[int]) -> float | None
     return round(frechet_distance(a, b), 4)
 
 
-def _nan_to_none(x: Any) -> Any:
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return x
-
-
 def _caption(pred: dict[str, np.ndarray], p: int, o: int, v: int) -> str:
     vis = " F" if pred["visible"][p, o, v] else ""
     return f"{pred['color_name'][p, o, v]} {pred['shape_name'][p, o, v]}\naz {int(pred['azimuth_deg'][p, o, v])}{vis}"
+
+
+def _grid_row(label: str, views: np.ndarray, pred: dict[str, np.ndarray], prompt: Prompt, p: int, o: int) -> tuple:
+    n = views.shape[2]
+    oks = [bool(pred["shape_name"][p, o, v] == prompt.attributes["shape"]
+                and pred["color_name"][p, o, v] == prompt.attributes["color"]) for v in range(n)]
+    return label, list(views[p, o]), [_caption(pred, p, o, v) for v in range(n)], oks
 
 
 def evaluate(
@@ -360,16 +365,10 @@ def evaluate(
                                  f"ceiling {fc:.3f} (lower is better)")
     grids = []
     for p, prompt in enumerate(plist):
-        rows = []
-        for o in range(num_objects):
-            oks = [bool(pred_gen["shape_name"][p, o, v] == prompt.attributes["shape"]
-                        and pred_gen["color_name"][p, o, v] == prompt.attributes["color"]) for v in range(len(EVAL_AZIMUTHS))]
-            rows.append((f"{'truth' if ground_truth else 'sample'} {o + 1}", list(gen[p, o]),
-                         [_caption(pred_gen, p, o, v) for v in range(len(EVAL_AZIMUTHS))], oks))
+        label = "truth" if ground_truth else "sample"
+        rows = [_grid_row(f"{label} {o + 1}", gen, pred_gen, prompt, p, o) for o in range(num_objects)]
         if not ground_truth:
-            oks = [bool(pred_ref["shape_name"][p, 0, v] == prompt.attributes["shape"]
-                        and pred_ref["color_name"][p, 0, v] == prompt.attributes["color"]) for v in range(len(EVAL_AZIMUTHS))]
-            rows.append(("truth", list(ref[p, 0]), [_caption(pred_ref, p, 0, v) for v in range(len(EVAL_AZIMUTHS))], oks))
+            rows.append(_grid_row("truth", ref, pred_ref, prompt, p, 0))
         grids.append(sample_grid(f"{p}: {prompt.text}", rows, [f"azimuth {int(a)}" for a in EVAL_AZIMUTHS]))
     seconds["total"] = round(time.perf_counter() - t0, 2)
     report["seconds"] = seconds

@@ -61,7 +61,7 @@ def bar_plot(
 ) -> Image.Image:
     """Grouped bar charts side by side: each panel is ``(title, category labels, {series: values in [0, 1]})``."""
     pw, ph = 560, 380
-    left, right, top, bottom = 50, 16, 56, 96
+    left, right, top, bottom = 50, 16, 74, 96
     title_font, font, small = _font(16), _font(12), _font(11)
     note_h = 22 if note else 0
     img = Image.new("RGB", (pw * len(panels), ph + note_h), "white")
@@ -302,7 +302,7 @@ def write_reports(report: dict, out: Path, plot: Image.Image, grids: Sequence[Im
         "th{background:#f0f0f0}.grids{display:flex;flex-wrap:wrap;gap:12px}.grids figure{margin:0}"
         "</style></head><body>",
         f"<h1>Evaluation of <code>{html.escape(report['model'])}</code></h1><ul>",
-        *[f"<li>{html.escape(ln)}</li>" for ln in _settings_lines(report)],
+        *[f"<li>{_code(html.escape(ln))}</li>" for ln in _settings_lines(report)],
         "</ul><h2>Metrics (model / ground-truth ceiling)</h2>", table(gh, gr),
         f"<img alt='metrics vs ceiling' src='{data_uri(plot_png)}'>",
         "<h2>Per prompt (model / ceiling)</h2>", table(ph_, pr),
@@ -315,6 +315,13 @@ def write_reports(report: dict, out: Path, plot: Image.Image, grids: Sequence[Im
     ]
     (out / "report.html").write_text("\n".join(doc))
     return files
+
+
+def _code(text: str) -> str:
+    """Markdown `code` spans -> <code> (on already escaped text)."""
+    import re
+
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
 
 
 def _json_default(o: Any) -> Any:
