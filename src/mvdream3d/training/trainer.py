@@ -224,7 +224,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     unet.to(accel.device)
     if ema is not None:
         ema.to(accel.device)
-    unet_p, optimizer_p, scheduler_p = accel.prepare(unet, optimizer, scheduler)
+    # The LR scheduler is stepped by hand once per optimiser step: accelerate's wrapper would step it once
+    # per process, which suits a shared data loader, not our per-rank streams.
+    unet_p, optimizer_p = accel.prepare(unet, optimizer)
 
     mv_iter, im_iter, datasets = _data_streams(cfg, rank, world, data_state)
     writer = _tensorboard(out) if accel.is_main_process else None
@@ -263,7 +265,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
                     if accel.sync_gradients and t.grad_clip > 0:
                         accel.clip_grad_norm_(unet_p.parameters(), t.grad_clip)
                     optimizer_p.step()
-                    scheduler_p.step()
+                    if accel.sync_gradients:
+                        scheduler.step()
                     optimizer_p.zero_grad(set_to_none=True)
                 loss_sum += loss.item() / t.grad_accum
                 kinds.append("2d" if use_2d else "mv")
