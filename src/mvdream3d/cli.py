@@ -76,7 +76,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     res.grid(rows=args.num_objects).save(out / "grid.png")
     cams = {
         "prompt": args.prompt, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
-        "sampler": args.sampler, "height": args.size, "width": args.size,
+        "sampler": args.sampler, "height": res.images[0].height, "width": res.images[0].width,
         "fov_deg": res.cameras["fov_deg"], "convention": res.cameras["convention"],
         "elevation": res.cameras["elevation"], "azimuth": res.cameras["azimuth"],
         "c2w": res.cameras["c2w"].tolist(), "model_camera": res.cameras["model_camera"].tolist(),
@@ -115,7 +115,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     ensure_writable_dir(Path(args.output).resolve().parent)
     cfg = args.config if args.config is not None else _sidecar_config(args.input)
     model = load_model(cfg, args.input)  # validates every weight against the config
-    write_checkpoint(args.output, model.ldm_state_dict(), model.config)
+    state = model.ldm_state_dict()
+    if args.dtype != "fp32":  # floating-point weights only; the loader casts back to the model's dtype
+        from .pipeline import DTYPES
+
+        state = {k: v.to(DTYPES[args.dtype]) if v.is_floating_point() else v for k, v in state.items()}
+    write_checkpoint(args.output, state, model.config)
     print(f"wrote {args.output}")
     return 0
 
@@ -150,10 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "unipc", "euler", "euler_a"])
     g.add_argument("--eta", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--size", type=int, default=256, help="image height and width in pixels")
+    g.add_argument("--size", type=int, default=None,
+                   help="image height and width in pixels (default: the model's native size)")
     g.add_argument("--num-objects", type=int, default=1)
     g.add_argument("--negative", default="", help="negative prompt")
-    g.add_argument("--suffix", default=", 3d asset", help="appended to the prompt (published default)")
+    g.add_argument("--suffix", default=None,
+                   help="appended to the prompt (default: the model's; ', 3d asset' for the published models)")
     g.add_argument("--cpu-offload", action="store_true", help="keep idle components on the CPU")
     g.set_defaults(func=cmd_generate)
 
@@ -166,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input")
     c.add_argument("output")
     c.add_argument("--config", default=None, help="model name or YAML (default: embedded or detected)")
+    c.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="storage precision of the written weights (fp16 halves the file)")
     c.set_defaults(func=cmd_convert)
 
     from .data.render import add_render_subparser

@@ -159,11 +159,11 @@ class MultiViewPipeline:
         sampler: str = "ddim",
         seed: int | None = None,
         num_objects: int = 1,
-        height: int = 256,
-        width: int = 256,
+        height: int | None = None,
+        width: int | None = None,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
-        prompt_suffix: str = ", 3d asset",
+        prompt_suffix: str | None = None,
         eta: float = 0.0,
         callback: StepCallback | None = None,
         progress: bool = False,
@@ -172,7 +172,10 @@ class MultiViewPipeline:
 
         ``cameras``: optional (F, 4, 4) OpenGL c2w matrices (+y up, looking at the object) or (F, 16)
         model cameras; overrides num_views/elevation/azimuth. ``height``/``width`` in pixels, divisible
-        by the model's total downsampling. Returns a :class:`MultiViewOutput`.
+        by the model's total downsampling; None means the model's native size (256 for the published
+        models, 32 for the built-in one). ``prompt_suffix`` None means the model's own default (", 3d asset"
+        for the published models, as in their sampling script; "" for models trained by this project).
+        Returns a :class:`MultiViewOutput`.
         """
         m = self.model
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -191,6 +194,9 @@ class MultiViewPipeline:
             raise ValueError(f"num_objects must be >= 1, got {num_objects}")
         if dtype is not None or device is not None:
             self.to(device, dtype)
+        height = m.native_size if height is None else height
+        width = m.native_size if width is None else width
+        prompt_suffix = m.prompt_suffix if prompt_suffix is None else prompt_suffix
         run_device = self._offload_device or m.device
         model_dtype = m.dtype
 

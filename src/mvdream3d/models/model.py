@@ -102,6 +102,16 @@ class MVDreamModel(nn.Module):
         return 2 ** (len(self.params["first_stage_config"]["params"]["ddconfig"]["ch_mult"]) - 1)
 
     @property
+    def native_size(self) -> int:
+        """Image side (pixels) the model was trained at: ``unet_config.params.image_size`` x the VAE factor."""
+        return int(self.params["unet_config"].get("params", {}).get("image_size", 32)) * self.downsample_factor
+
+    @property
+    def prompt_suffix(self) -> str:
+        """Text appended to prompts: the config's ``prompt_suffix``, else the published ", 3d asset"."""
+        return str(self.params.get("prompt_suffix", ", 3d asset"))
+
+    @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 

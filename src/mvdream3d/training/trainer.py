@@ -48,8 +48,15 @@ def init_model(cfg: TrainConfig) -> MVDreamModel:
     with its last layer at zero so the initial model equals the 2D model.
     """
     model_cfg = resolve_config(cfg.model.config)
+    params = model_cfg["model"]["params"]
     if cfg.model.prediction_type is not None:
-        model_cfg["model"]["params"]["parameterization"] = cfg.model.prediction_type
+        params["parameterization"] = cfg.model.prediction_type
+    # what the trained model should default to: no caption suffix (training captions have none) and the
+    # training resolution as its native size
+    params.setdefault("prompt_suffix", "")
+    vae_factor = 1 if str(params.get("first_stage_config", {}).get("target", "")).endswith("Identity") else \
+        2 ** (len(params["first_stage_config"]["params"]["ddconfig"]["ch_mult"]) - 1)
+    params["unet_config"].setdefault("params", {})["image_size"] = cfg.data.image_size // vae_factor
     init = cfg.model.init
     if init == "scratch":
         return build_model(model_cfg)
