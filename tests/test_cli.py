@@ -71,3 +71,18 @@ def test_info_and_convert(tmp_path, capsys):
 def test_console_script_entry_point():
     r = subprocess.run([sys.executable, "-m", "mvdream3d.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "generate" in r.stdout
+
+
+def test_convert_to_fp16_halves_the_file_and_loads(tmp_path):
+    import torch
+
+    from mvdream3d import load_model
+    from mvdream3d.builtin import builtin_model
+
+    src = builtin_model("tiny-random").save(tmp_path / "m.safetensors")
+    assert main(["convert", str(src), str(tmp_path / "h.safetensors"), "--dtype", "fp16"]) == 0
+    assert (tmp_path / "h.safetensors").stat().st_size < 0.6 * src.stat().st_size
+    a, b = load_model(None, src), load_model(None, tmp_path / "h.safetensors")
+    w = "out.2.weight"
+    assert b.unet.state_dict()[w].dtype == torch.float32  # cast back on load
+    torch.testing.assert_close(a.unet.state_dict()[w], b.unet.state_dict()[w], atol=1e-3, rtol=1e-3)
