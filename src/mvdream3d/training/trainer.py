@@ -185,6 +185,12 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     t = cfg.train
     if t.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps a process-wide singleton state; a second train() in one process (a notebook, a
+        # test) with another precision must start from a clean one
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     accel = Accelerator(
         mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
         cpu=not torch.cuda.is_available(),
