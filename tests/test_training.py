@@ -249,3 +249,22 @@ def test_bf16_autocast_grad_accumulation_and_checkpointing(tmp_path, data):
     out = train(config_from_dict(raw))
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(np.isfinite(r["loss"]) for r in log)
+
+
+def test_min_snr_weights_and_training_with_them(tmp_path, data):
+    from mvdream3d import NoiseSchedule
+    from mvdream3d.training.config import config_from_dict
+    from mvdream3d.training.trainer import min_snr_weights, train
+
+    t = torch.tensor([0, 500, 999])
+    for pred in ("eps", "v"):
+        s = NoiseSchedule(prediction_type=pred)
+        a = s.alphas_cumprod[t].double()
+        snr = a / (1 - a)
+        expected = torch.minimum(snr, torch.full_like(snr, 5.0)) / (snr + (1 if pred == "v" else 0))
+        torch.testing.assert_close(min_snr_weights(s, t, 5.0), expected.float())
+    w = min_snr_weights(NoiseSchedule(), t, 5.0)
+    assert w[0] < w[1] <= 1.0  # low-noise steps are down-weighted
+    raw = _config(tmp_path, data, steps=2, min_snr_gamma=5.0)
+    out = train(config_from_dict(raw))
+    assert all(np.isfinite(json.loads(x)["loss"]) for x in (out / "train_log.jsonl").read_text().splitlines())
