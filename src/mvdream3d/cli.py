@@ -8,30 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from .checkpoints import CheckpointError
+from .files import ensure_writable_dir
 from .training.config import ConfigError
 
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, PermissionError, CheckpointError, NotADirectoryError)
-
-
-def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` if needed and check that files can be written there (before any heavy work)."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise PermissionError(f"cannot write to output directory {p}: {e.strerror or e}. "
-                              f"Choose another --out") from e
-    return p
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from ..files import ensure_writable_dir
+
 __all__ = [
     "ASSET_EXTENSIONS",
     "LIGHT_GREY",
@@ -646,16 +648,6 @@ def _clean_temp_files(out_dir: Path) -> None:
             p.unlink()
 
 
-def _ensure_writable_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"cannot write to output directory {path}: {e.strerror or e}") from e
-    return path
-
-
 def _check_range(name: str, r: Sequence[float], lo: float | None = None, hi: float | None = None) -> tuple:
     try:
         a, b = (float(x) for x in r)
@@ -759,7 +751,7 @@ def render_asset(
         stem = Path(asset_name).stem if mesh.metadata.get("source") else out.name
     text = _caption_for(source, caption, stem)
 
-    _ensure_writable_dir(out)
+    ensure_writable_dir(out)
     _clean_temp_files(out)
 
     import torch
@@ -905,7 +897,7 @@ def render_assets(
     from tqdm.auto import tqdm
 
     assets = find_assets(paths)
-    out = _ensure_writable_dir(Path(out_root))
+    out = ensure_writable_dir(Path(out_root))
     workers = int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")

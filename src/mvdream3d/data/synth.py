@@ -48,9 +48,9 @@ from typing import Any
 
 import numpy as np
 
+from ..files import ensure_writable_dir
 from .render import (
     _atomic_write_bytes,
-    _ensure_writable_dir,
     _print_warnings_plainly,
     _shared_renderer,
     render_assets,
@@ -413,7 +413,7 @@ def generate_world(
     if len(colors_3d) < 2 or not shapes_3d:
         raise ValueError("held-out concepts leave too little for the 3D set (need >= 2 colours and >= 1 shape)")
 
-    root = _ensure_writable_dir(Path(out))
+    root = ensure_writable_dir(Path(out))
     recipe = {
         "version": 1,
         "seed": int(seed),
@@ -454,7 +454,7 @@ def generate_world(
     t0 = time.perf_counter()
 
     # 3D assets
-    assets_dir = _ensure_writable_dir(root / "assets")
+    assets_dir = ensure_writable_dir(root / "assets")
     rows, paths, extra = [], [], {}
     for i in range(num_3d):
         rng = np.random.default_rng([int(seed), 3, i])
@@ -479,7 +479,7 @@ def generate_world(
         )
 
     # 2D image-text set
-    img_dir = _ensure_writable_dir(root / "image_text")
+    img_dir = ensure_writable_dir(root / "image_text")
     renderer = _shared_renderer(image_size) if num_2d else None
     rows2 = []
     from PIL import Image

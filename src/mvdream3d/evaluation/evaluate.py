@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..data import synth
+from ..files import ensure_writable_dir
 from .classifier import (
     _nan_to_none,
     azimuth_bin,
@@ -105,20 +105,6 @@ def render_ground_truth(
                 row.append(a)
             drawn.append(row)
     return out, drawn
-
-
-def _check_out_dir(out: str | os.PathLike) -> Path:
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise NotADirectoryError(f"--out {p} exists and is not a directory")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise PermissionError(f"cannot write to output directory {p}: {e.strerror or e}. Choose another --out") \
-            from e
-    return p
 
 
 def _load_pipeline(model: str, device: str, dtype: str):
@@ -233,7 +219,7 @@ def evaluate(
 
     Raises:
         ValueError: bad arguments, a bad prompt file or model; FileNotFoundError: missing files;
-        PermissionError / NotADirectoryError: an unusable ``out``.
+        OutputDirError (a PermissionError and ValueError): an unusable ``out``.
     """
     t0 = time.perf_counter()
     if ground_truth and model is not None:
@@ -255,7 +241,7 @@ def evaluate(
     for s in held_out_shapes:
         if s not in synth.SHAPES:
             raise ValueError(f"unknown held-out shape {s!r}; known: {', '.join(synth.SHAPES)}")
-    out_dir = _check_out_dir(out)
+    out_dir = ensure_writable_dir(out)
     plist = load_prompts(prompts, held_out_colors, held_out_shapes)
     clf = load_classifier(classifier)
     clf_path = Path(classifier) if classifier is not None else default_classifier_path()
