@@ -121,6 +121,12 @@ def test_train_end_to_end_and_outputs(tmp_path, data):
     assert (run / "samples" / "step_0000004.png").is_file()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
     assert list((run / "tensorboard").iterdir())
+    # the last checkpoint, exported, is the final model (EMA weights when the run keeps an EMA)
+    assert main(["export-checkpoint", str(run / "checkpoints" / "step_0000004"), str(tmp_path / "e.safetensors")]) == 0
+    exported = load_model(None, tmp_path / "e.safetensors")
+    for (k, a), b in zip(model.unet.state_dict().items(), exported.unet.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert main(["export-checkpoint", str(tmp_path), str(tmp_path / "x.safetensors")]) == 2
     # a second run into the same folder without --resume is refused
     assert main(["train", str(_write(tmp_path, raw))]) == 2
 

@@ -1,4 +1,4 @@
-"""Command line: ``mvdream3d generate | info | convert``.
+"""Command line: ``mvdream3d generate | info | convert | render | synth | train | evaluate | text-to-3d``.
 
 Every user error (bad arguments, missing or mismatched checkpoint, unwritable output folder) ends
 with one line ``error: ...`` on stderr and exit status 2, never a traceback.
@@ -17,7 +17,8 @@ from .checkpoints import CheckpointError
 from .files import ensure_writable_dir
 from .training.config import ConfigError
 
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, PermissionError, CheckpointError, NotADirectoryError)
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, PermissionError, CheckpointError, NotADirectoryError,
+               FloatingPointError)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -124,6 +125,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_checkpoint(args: argparse.Namespace) -> int:
+    from .training.trainer import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.output, use_ema=not args.no_ema)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvdream3d", description="MVDream multi-view diffusion and 3D")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_subparser(sub)
     add_train_classifier_subparser(sub)
 
+    from .threed.cli import add_text_to_3d_subparser
+
+    add_text_to_3d_subparser(sub)
+
     t = sub.add_parser("train", help="joint 2D + multi-view training from a YAML config (accelerate-ready)")
     t.add_argument("config_file", metavar="CONFIG.yaml")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output.dir")
@@ -183,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
     t.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export-checkpoint", help="write a training checkpoint's (EMA) weights as a model file")
+    e.add_argument("checkpoint", metavar="RUN/checkpoints/step_XXXXXXX")
+    e.add_argument("output", metavar="OUT.safetensors")
+    e.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA ones")
+    e.set_defaults(func=cmd_export_checkpoint)
     return parser
 
 

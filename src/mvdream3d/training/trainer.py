@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +26,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from tqdm.auto import tqdm
 
 from ..checkpoints import read_checkpoint, split_state_dict, write_checkpoint
 from ..models.model import MVDreamModel, build_model, load_model, resolve_config
-from .config import TrainConfig
+from ..signals import StopOnSignal
+from .config import TrainConfig, config_from_dict
 
 CKPT_DIR = "checkpoints"
 
@@ -124,29 +125,6 @@ class Checkpointer:
         opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         state = json.loads((path / "state.json").read_text())
         return unet, opt, state
-
-
-class _Stop:
-    """Turns SIGINT/SIGTERM into a flag checked between steps, so the step in flight completes."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _Stop:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _data_streams(cfg: TrainConfig, rank: int, world: int, data_state: dict[str, Any] | None
@@ -262,7 +240,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     bar = tqdm(total=t.steps, initial=step, desc="train", disable=not accel.is_main_process,
                dynamic_ncols=True, unit="step")
     t0, steps_done, wait_data = time.perf_counter(), 0, 0.0
-    with _Stop() as stop:
+    with StopOnSignal() as stop:
         while step < end:
             unet_p.train()
             g = step_generator(t.seed, step, rank)
@@ -421,6 +399,38 @@ def _finish(model: MVDreamModel, unet: torch.nn.Module, ema: Any, out: Path, acc
     in_sync = all(math.isclose(s, sums[0], rel_tol=0, abs_tol=0) for s in sums)
     (out / "final.json").write_text(json.dumps({"rank_param_checksums": sums, "ranks_in_sync": in_sync}))
     accel.print(f"final model: {out / 'model.safetensors'} (ranks in sync: {in_sync})")
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, use_ema: bool = True) -> Path:
+    """Write a training checkpoint (``RUN/checkpoints/step_XXXXXXX``) as a model file loadable everywhere.
+
+    The model config is rebuilt from ``RUN/train_config.yaml`` exactly as training built it; the UNet gets
+    the EMA weights (``use_ema``, when the run kept an EMA) or the raw ones. Text encoder / VAE weights
+    come from the model's initialisation (they are frozen in training).
+    """
+    ckpt = Path(checkpoint)
+    if not (ckpt / "state.json").is_file():
+        raise FileNotFoundError(f"{ckpt} is not a complete training checkpoint (no state.json)")
+    run_cfg = ckpt.parent.parent / "train_config.yaml"
+    if not run_cfg.is_file():
+        raise FileNotFoundError(f"{run_cfg} not found: export needs the run folder layout RUN/checkpoints/step_X")
+    cfg = config_from_dict(yaml.safe_load(run_cfg.read_text()))
+    model = init_model(cfg)
+    unet_state, opt, state = Checkpointer.load(ckpt)
+    model.unet.load_state_dict(unet_state)
+    ema = opt.get("ema")
+    if use_ema and ema is not None:
+        shadow = ema["shadow_params"]
+        params = list(model.unet.parameters())
+        if len(shadow) != len(params):
+            raise ValueError(f"EMA state of {ckpt} has {len(shadow)} tensors, the UNet {len(params)} parameters")
+        with torch.no_grad():
+            for p, s in zip(params, shadow, strict=True):
+                p.copy_(s)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(out, model.ldm_state_dict(), model.config)
+    return out
 
 
 def _yaml(d: dict) -> str:
