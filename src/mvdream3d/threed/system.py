@@ -1,0 +1,444 @@
+"""Text-to-3D by multi-view score distillation: the optimisation loop and its outputs.
+
+``text_to_3d(prompt, ...)`` builds the parts named by the config (geometry, material, background,
+renderer, camera sampler, guidance), optimises the field so batches of its renders from ``n_view``
+cameras satisfy the diffusion model, and writes into ``out``::
+
+    preview.png            the multi-view model's own 4 views of the prompt (before optimising)
+    progress.png           a fresh 4-view render every ``output.progress_every`` steps
+    views.png              4 views of the final field at fixed cameras (azimuth 0/90/180/270)
+    mesh.glb, mesh.obj     marching-cubes mesh with vertex colours (threshold chosen from the opacity)
+    turntable.mp4/.gif     360-degree video of the field
+    curves.png, log.jsonl  loss, timestep range and timings per step
+    summary.json           settings, timings (render / guidance / backward), output paths
+    config.yaml            the resolved config (what --resume checks against)
+    checkpoints/latest/    field + optimiser + RNG state, written atomically; --resume continues
+
+Ctrl-C (SIGINT) or SIGTERM finishes the step in flight, saves a checkpoint and the current 4 views, and
+returns; ``resume=True`` continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from ..cameras import get_rays
+from ..files import ensure_writable_dir
+from ..models.model import MVDreamModel
+from ..signals import StopOnSignal
+from .background import build_background
+from .camera_sampler import RandomMultiViewCameraSampler, fixed_views
+from .config import TextTo3DConfig, default_config_name, load_text_to_3d_config
+from .export import extract_mesh, render_turntable, save_mesh, save_video
+from .geometry import ImplicitVolume
+from .guidance import build_guidance, timestep_range
+from .material import DiffuseMaterial
+from .renderer import VolumeRenderer
+
+__all__ = ["TextTo3DResult", "TextTo3D", "text_to_3d"]
+
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TextTo3DResult:
+    out: Path
+    steps_done: int
+    finished: bool  # False when stopped by a signal or should_stop (resume to continue)
+    files: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"output.device={name!r} but no CUDA device is available; use output.device=cpu")
+    return dev
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+class TextTo3D:
+    """One text-to-3D run: the parts built from ``cfg`` around ``model`` (see module docstring)."""
+
+    def __init__(self, prompt: str, model: MVDreamModel, cfg: TextTo3DConfig, out: Path) -> None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("the prompt is empty: give a text prompt, e.g. \"a red cube with a yellow nose\"")
+        self.prompt, self.cfg, self.out = prompt.strip(), cfg, out
+        self.device = _device(cfg.output.device)
+        self.dtype = _dtype(cfg.output.dtype, self.device)
+        self.model = self._place_model(model)
+        g = cfg.geometry
+        self.geometry = ImplicitVolume(
+            radius=g.radius, n_levels=g.n_levels, n_features_per_level=g.n_features_per_level,
+            log2_hashmap_size=g.log2_hashmap_size, base_resolution=g.base_resolution,
+            max_resolution=g.max_resolution, mlp_hidden=g.mlp_hidden, mlp_layers=g.mlp_layers,
+            density_blob_scale=g.density_blob_scale, density_blob_std=g.density_blob_std,
+            normal_type=g.normal_type).to(self.device)
+        self.material = DiffuseMaterial(cfg.material.ambient_light_color, cfg.material.diffuse_light_color)
+        b = cfg.background
+        bg_kwargs: dict[str, Any] = {"color": tuple(b.color)} if b.name == "solid" else {}
+        if b.name == "learned":
+            bg_kwargs = {"random_aug": b.random_aug, "random_aug_prob": b.random_aug_prob}
+        self.background = build_background(b.name, **bg_kwargs).to(self.device)
+        self.renderer = VolumeRenderer(radius=g.radius, num_samples_per_ray=cfg.renderer.num_samples_per_ray)
+        c = cfg.cameras
+        self.cameras = RandomMultiViewCameraSampler(
+            n_view=c.n_view, batch_size=c.resolution_milestones[0][2], elevation_range=tuple(c.elevation_range),
+            azimuth_range=tuple(c.azimuth_range), fovy_range=tuple(c.fovy_range),
+            camera_distance_range=tuple(c.camera_distance_range), relative_radius=c.relative_radius,
+            light_distance_range=tuple(c.light_distance_range),
+            resolution_milestones=tuple(tuple(int(x) for x in m) for m in c.resolution_milestones))
+        gd = cfg.guidance
+        guidance_kwargs: dict[str, Any] = dict(
+            guidance_scale=gd.guidance_scale, negative_prompt=gd.negative_prompt, loss_type=gd.loss_type,
+            recon_std_rescale=gd.recon_std_rescale, latent_render_size=gd.render_size,
+            t_range_start=tuple(gd.t_start), t_range_end=tuple(gd.t_end), anneal_steps=gd.anneal_steps,
+            dtype=self.dtype)
+        if gd.name == "multiview":
+            guidance_kwargs["n_view"] = c.n_view
+        self.guidance = build_guidance(gd.name, self.model, **guidance_kwargs)
+        o = cfg.optim
+        groups = self.geometry.parameter_groups(o.lr_encoding, o.lr_mlp)
+        bg_params = list(self.background.parameters())
+        if bg_params:
+            groups.append({"params": bg_params, "lr": o.lr_background})
+        self.optimizer = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps, weight_decay=0.0)
+        self.generator = torch.Generator().manual_seed(o.seed)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ model placement
+    def _place_model(self, model: MVDreamModel) -> MVDreamModel:
+        model.eval().requires_grad_(False)
+        if self.cfg.output.low_memory and model.vae is not None:
+            model.vae.decoder = None  # only the encoder is needed for guidance; frees ~100 MB
+        model.unet.to(self.device, self.dtype)
+        if model.vae is not None:
+            # the VAE encoder is backpropagated through: fp32 on CPU, model dtype on GPU
+            model.vae.to(self.device, self.dtype if self.device.type == "cuda" else torch.float32)
+        if model.text_encoder is not None and not self.cfg.output.low_memory:
+            model.text_encoder.to(self.device)
+        return model
+
+    # ------------------------------------------------------------------ one step
+    def shading_for(self, step: int) -> str:
+        if step < self.cfg.material.ambient_only_steps:
+            return "albedo"
+        if torch.rand((), generator=self.generator).item() < self.cfg.material.textureless_prob:
+            return "textureless"
+        return "diffuse"
+
+    def render(self, cams: Any, shading: str) -> dict[str, torch.Tensor]:
+        c2w = cams.c2w.to(self.device)
+        rays_o, rays_d = get_rays(c2w, cams.fovy_deg.to(self.device), cams.height, cams.width)
+        # albedo-only renders need no normals unless the orientation loss does (normals cost 2-3x)
+        normals = shading != "albedo" or self.cfg.loss.lambda_orient > 0
+        return self.renderer(self.geometry, self.material, self.background, rays_o.float(), rays_d.float(),
+                             cams.light_positions.to(self.device).float(), shading=shading, with_normals=normals)
+
+    def train_step(self) -> dict[str, Any]:
+        lw = self.cfg.loss
+        self.geometry.train()
+        self.background.train()
+        self.renderer.train()
+        t0 = time.perf_counter()
+        cams = self.cameras.sample(self.step, generator=self.generator)
+        shading = self.shading_for(self.step)
+        out = self.render(cams, shading)
+        t1 = time.perf_counter()
+        g = self.guidance(out["comp_rgb"], cams.c2w.to(self.device), self.prompt, self.step,
+                          generator=self.generator)
+        t2 = time.perf_counter()
+        loss = lw.lambda_sds * g["loss"]
+        terms = {"loss_guidance": float(g["loss"].detach())}
+        opacity = out["opacity"]
+        if lw.lambda_orient > 0 and "orient" in out:
+            loss = loss + lw.lambda_orient * out["orient"]
+            terms["loss_orient"] = float(out["orient"].detach())
+        if lw.lambda_sparsity > 0:
+            sparsity = (opacity**2 + 0.01).sqrt().mean()
+            loss = loss + lw.lambda_sparsity * sparsity
+            terms["loss_sparsity"] = float(sparsity.detach())
+        if lw.lambda_opaque > 0:
+            o = opacity.clamp(1e-3, 1 - 1e-3)
+            opaque = torch.nn.functional.binary_cross_entropy(o, o)
+            loss = loss + lw.lambda_opaque * opaque
+            terms["loss_opaque"] = float(opaque.detach())
+        if lw.lambda_z_variance > 0:
+            zvar = (out["z_variance"] * (opacity > 0.5)).mean()
+            loss = loss + lw.lambda_z_variance * zvar
+            terms["loss_z_variance"] = float(zvar.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        t3 = time.perf_counter()
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"the loss became {float(loss)} at step {self.step}; lower optim.lr_* or "
+                                     "guidance.guidance_scale and resume from the last checkpoint")
+        self.step += 1
+        return {"step": self.step, "loss": float(loss.detach()), **terms, "t": int(g["t"]), "shading": shading,
+                "res": cams.height, "time_render": t1 - t0, "time_guidance": t2 - t1, "time_backward": t3 - t2}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        state = {f"geometry.{k}": v for k, v in self.geometry.state_dict().items()}
+        state.update({f"background.{k}": v for k, v in self.background.state_dict().items()})
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def save_checkpoint(self) -> Path:
+        final = self.out / "checkpoints" / "latest"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp_"))
+        save_file(self.state_tensors(), str(tmp / "field.safetensors"))
+        # the global RNG drives the renderer's sample jitter and background augmentation
+        torch.save({"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": self.step, "prompt": self.prompt}))
+        old = final.parent / ".old_latest"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        with open(self.out / "log.jsonl", "a") as f:
+            for row in self.history:
+                f.write(json.dumps(row) + "\n")
+        self.history = []
+        return final
+
+    def load_checkpoint(self) -> None:
+        path = self.out / "checkpoints" / "latest"
+        if not (path / "state.json").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {path.parent}; run without --resume to start")
+        state = json.loads((path / "state.json").read_text())
+        if state.get("prompt") != self.prompt:
+            raise ValueError(f"--resume: {self.out} holds a run for prompt {state.get('prompt')!r}, not "
+                             f"{self.prompt!r}; use another --out or the same prompt")
+        tensors = load_file(str(path / "field.safetensors"))
+        self.geometry.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("geometry.")})
+        self.background.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("background.")})
+        opt = torch.load(path / "optimizer.pt", weights_only=True)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.generator.set_state(opt["generator"])
+        torch.set_rng_state(opt["torch_rng"])
+        self.step = int(state["step"])
+        log = self.out / "log.jsonl"
+        if log.is_file():  # drop log rows written after the checkpoint (a killed run)
+            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            log.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= self.step))
+
+    # ------------------------------------------------------------------ pictures
+    @torch.no_grad()
+    def render_fixed_views(self, size: int | None = None, shading: str = "diffuse") -> torch.Tensor:
+        """(4, H, W, 3) renders in [0, 1] at azimuths 0/90/180/270, export elevation and fov."""
+        e = self.cfg.export
+        self.geometry.eval()
+        self.background.eval()
+        self.renderer.eval()
+        cams = fixed_views(n_view=4, elevation=e.elevation, fovy_deg=e.fovy, size=size or e.view_size,
+                           radius=self.cfg.geometry.radius * 0.9)
+        return self.render(cams, shading)["comp_rgb"].clamp(0, 1).cpu()
+
+    def save_views(self, path: Path, size: int | None = None) -> Path:
+        from ..pipeline import image_grid, to_pil
+
+        views = self.render_fixed_views(size)
+        grid = image_grid(to_pil(views.permute(0, 3, 1, 2) * 2 - 1), rows=1)
+        tmp = path.with_name(path.stem + ".tmp.png")
+        grid.save(tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def _write_preview(model: MVDreamModel, prompt: str, cfg: TextTo3DConfig, path: Path, device: torch.device) -> Path:
+    from ..pipeline import MultiViewPipeline
+
+    e = cfg.export
+    pipe = MultiViewPipeline(model)
+    res = pipe(prompt, num_views=4, elevation=e.elevation, guidance_scale=7.5 if model.vae is not None else 5.0,
+               num_inference_steps=cfg.output.preview_steps, seed=cfg.optim.seed,
+               negative_prompt=cfg.guidance.negative_prompt, device=device)
+    res.grid(rows=1).save(path)
+    return path
+
+
+def _write_curves(out: Path) -> Path | None:
+    log = out / "log.jsonl"
+    if not log.is_file():
+        return None
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(steps, [r["loss_guidance"] for r in rows], lw=0.8)
+    axes[0].set_title("guidance loss")
+    axes[0].set_yscale("log")
+    axes[1].plot(steps, [r["t"] for r in rows], ".", ms=2)
+    axes[1].set_title("diffusion timestep t")
+    for key, colour in (("time_render", "C0"), ("time_guidance", "C1"), ("time_backward", "C2")):
+        axes[2].plot(steps, [r[key] for r in rows], lw=0.8, color=colour, label=key[5:])
+    axes[2].set_title("seconds per step")
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def text_to_3d(
+    prompt: str,
+    model: str | os.PathLike | MVDreamModel | None = None,
+    config: str | os.PathLike | dict | None = None,
+    out: str | os.PathLike = "out3d",
+    steps: int | None = None,
+    seed: int | None = None,
+    resume: bool = False,
+    overrides: list[str] | None = None,
+    callback: StepCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: bool = True,
+) -> TextTo3DResult:
+    """Optimise a 3D field for ``prompt`` and export it (see the module docstring for the files).
+
+    Args:
+        prompt: the text; an empty prompt is an error.
+        model: a model name, checkpoint path or loaded model; None = the config's ``model`` or the built-in.
+        config: a config name (``builtin``, ``mvdream-sd21``, ``mvdream-sd21-lowmem``), YAML path or mapping;
+            None picks ``builtin`` for pixel-space models and ``mvdream-sd21`` for latent ones.
+        steps / seed: override ``optim.steps`` / ``optim.seed``.
+        resume: continue from ``out/checkpoints/latest`` (same prompt required).
+        overrides: ``section.key=value`` strings applied to the config.
+        callback: called after every step with the step's log row; a ``"views"`` key holding a
+            (4, H, W, 3) tensor is added on progress steps.
+        should_stop: polled between steps; True stops like Ctrl-C (checkpoint saved, resumable).
+    """
+    from ..pipeline import resolve_model
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty: give a text prompt, e.g. \"a red cube with a yellow nose\"")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    out = ensure_writable_dir(out)
+    saved_cfg = out / "config.yaml"
+    if resume and saved_cfg.is_file() and config is None:
+        config = str(saved_cfg)
+    pre = load_text_to_3d_config(config, overrides) if config is not None else None
+    model_ref = model if model is not None else (pre.model if pre is not None else None)
+    mdl = resolve_model(model_ref)
+    cfg = pre or load_text_to_3d_config(default_config_name(mdl.vae is None), overrides)
+    if not mdl.unet.has_camera and cfg.guidance.name == "multiview":
+        raise ValueError("multi-view guidance needs a model with a camera embedding (camera_dim); this model has "
+                         "none. Use a multi-view model, or the 2D baseline (--baseline-2d)")
+    if steps is not None:
+        cfg.optim.steps = steps
+    if seed is not None:
+        cfg.optim.seed = seed
+    torch.manual_seed(cfg.optim.seed)
+    run = TextTo3D(prompt, mdl, cfg, out)
+    if resume:
+        run.load_checkpoint()
+    else:
+        for stale in ("log.jsonl",):
+            (out / stale).unlink(missing_ok=True)
+    saved_cfg.write_text(yaml.safe_dump({**cfg.to_dict(), "model": str(model_ref) if model_ref else None},
+                                        sort_keys=False))
+    files: dict[str, str] = {}
+    if cfg.output.preview and not resume:
+        files["preview"] = str(_write_preview(mdl, run.prompt, cfg, out / "preview.png", run.device))
+    timings = {"render": 0.0, "guidance": 0.0, "backward": 0.0}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.optim.steps, initial=run.step, desc="text-to-3d", disable=not progress, unit="step")
+    finished = False
+    t_start = time.perf_counter()
+    with StopOnSignal() as stop:
+        while run.step < cfg.optim.steps:
+            row = run.train_step()
+            for k in timings:
+                timings[k] += row[f"time_{k}"]
+            run.history.append(row)
+            lo, hi = timestep_range(run.step, tuple(cfg.guidance.t_start), tuple(cfg.guidance.t_end),
+                                    cfg.guidance.anneal_steps)
+            bar.set_postfix(loss=f"{row['loss']:.4g}", t=row["t"], t_range=f"{lo * 1000:.0f}-{hi * 1000:.0f}",
+                            res=row["res"], refresh=False)
+            bar.update(1)
+            pe = cfg.output.progress_every
+            if pe and (run.step % pe == 0 or run.step == cfg.optim.steps):
+                run.save_views(out / "progress.png", size=64)
+                if callback is not None:
+                    row = {**row, "views": run.render_fixed_views(64)}
+            if callback is not None:
+                callback(row)
+            if run.step % cfg.output.checkpoint_every == 0:
+                run.save_checkpoint()
+            if stop.requested or (should_stop is not None and should_stop()):
+                break
+        else:
+            finished = True
+    bar.close()
+    run.save_checkpoint()
+    files["checkpoint"] = str(out / "checkpoints" / "latest")
+    files["views"] = str(run.save_views(out / "views.png"))
+    if finished:
+        files.update(export_run(run, out))
+    curves = _write_curves(out)
+    if curves is not None:
+        files["curves"] = str(curves)
+    timings["total_loop"] = time.perf_counter() - t_start
+    _atomic_json(out / "summary.json", {"prompt": run.prompt, "steps_done": run.step, "finished": finished,
+                                        "timings_s": timings, "files": files, "config": cfg.to_dict()})
+    if not finished:
+        print(f"stopped at step {run.step}; checkpoint saved. Continue with --resume (same --out)")
+    return TextTo3DResult(out=out, steps_done=run.step, finished=finished, files=files, timings=timings)
+
+
+def export_run(run: TextTo3D, out: Path) -> dict[str, str]:
+    """Mesh (.glb/.obj) and turntable video (.mp4/.gif) of the run's field."""
+    e = run.cfg.export
+    run.geometry.eval()
+    run.background.eval()
+    run.renderer.eval()
+    t0 = time.perf_counter()
+    mesh = extract_mesh(run.geometry, resolution=e.mesh_resolution, threshold=e.threshold, renderer=run.renderer,
+                        background=run.background, fov_deg=e.fovy)
+    files = {k: str(v) for k, v in save_mesh(mesh, out, stem="mesh").items()}
+    frames = render_turntable(run.geometry, run.material, run.background, run.renderer, num_frames=e.video_frames,
+                              elevation=e.elevation, fov_deg=e.fovy, size=e.video_size)
+    files.update({k: str(v) for k, v in save_video(frames, out / "turntable.mp4", out / "turntable.gif",
+                                                     fps=e.video_fps).items()})
+    files["export_seconds"] = f"{time.perf_counter() - t0:.1f}"
+    return files
