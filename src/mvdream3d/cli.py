@@ -1,4 +1,4 @@
-"""Command line: ``mvdream3d generate | info | convert | render | synth | train | evaluate | text-to-3d``.
+"""Command line: ``mvdream3d generate | info | convert | render | synth | train | evaluate | text-to-3d | dreambooth``.
 
 Every user error (bad arguments, missing or mismatched checkpoint, unwritable output folder) ends
 with one line ``error: ...`` on stderr and exit status 2, never a traceback.
@@ -12,10 +12,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .checkpoints import CheckpointError
 from .files import ensure_writable_dir
 from .training.config import ConfigError
+
+if TYPE_CHECKING:
+    from .pipeline import MultiViewOutput
 
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, PermissionError, CheckpointError, NotADirectoryError,
                FloatingPointError)
@@ -40,6 +44,28 @@ def _load_pipeline(args: argparse.Namespace):
     return MultiViewPipeline.from_pretrained(args.model, args.device, args.dtype)
 
 
+def write_generation(res: MultiViewOutput, out: str | Path, *, prompt: str, seed: int | None, steps: int,
+                     guidance: float, sampler: str, rows: int = 1) -> dict[str, Any]:
+    """Write what ``mvdream3d generate`` writes: ``view_OO_VV.png`` per view, ``grid.png`` (``rows`` rows) and
+    ``cameras.json`` (the settings, cameras and view file names) into ``out``; returns the cameras.json data."""
+    out = Path(out)
+    f = res.cameras["model_camera"].shape[0]
+    for i, im in enumerate(res.images):
+        im.save(out / f"view_{i // f:02d}_{i % f:02d}.png")
+    res.grid(rows=rows).save(out / "grid.png")
+    cams = {
+        "prompt": prompt, "seed": seed, "steps": steps, "guidance": guidance,
+        "sampler": sampler, "height": res.images[0].height, "width": res.images[0].width,
+        "fov_deg": res.cameras["fov_deg"], "convention": res.cameras["convention"],
+        "elevation": res.cameras["elevation"], "azimuth": res.cameras["azimuth"],
+        "c2w": res.cameras["c2w"].tolist(), "model_camera": res.cameras["model_camera"].tolist(),
+        "intrinsics": res.cameras["intrinsics"].tolist(),
+        "views": [f"view_{i // f:02d}_{i % f:02d}.png" for i in range(len(res.images))],
+    }
+    (out / "cameras.json").write_text(json.dumps(cams, indent=1))
+    return cams
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     out = ensure_writable_dir(args.out)
     if args.views < 1:
@@ -57,20 +83,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         height=args.size, width=args.size, eta=args.eta, prompt_suffix=args.suffix, progress=True,
     )
     seconds = time.perf_counter() - t0
-    f = res.cameras["model_camera"].shape[0]
-    for i, im in enumerate(res.images):
-        im.save(out / f"view_{i // f:02d}_{i % f:02d}.png")
-    res.grid(rows=args.num_objects).save(out / "grid.png")
-    cams = {
-        "prompt": args.prompt, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
-        "sampler": args.sampler, "height": res.images[0].height, "width": res.images[0].width,
-        "fov_deg": res.cameras["fov_deg"], "convention": res.cameras["convention"],
-        "elevation": res.cameras["elevation"], "azimuth": res.cameras["azimuth"],
-        "c2w": res.cameras["c2w"].tolist(), "model_camera": res.cameras["model_camera"].tolist(),
-        "intrinsics": res.cameras["intrinsics"].tolist(),
-        "views": [f"view_{i // f:02d}_{i % f:02d}.png" for i in range(len(res.images))],
-    }
-    (out / "cameras.json").write_text(json.dumps(cams, indent=1))
+    write_generation(res, out, prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                     sampler=args.sampler, rows=args.num_objects)
     print(f"wrote {len(res.images)} views, grid.png and cameras.json to {out} in {seconds:.1f} s")
     return 0
 
@@ -187,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .threed.cli import add_text_to_3d_subparser
 
     add_text_to_3d_subparser(sub)
+
+    from .training.dreambooth_cli import add_dreambooth_subparser
+
+    add_dreambooth_subparser(sub)
 
     t = sub.add_parser("train", help="joint 2D + multi-view training from a YAML config (accelerate-ready)")
     t.add_argument("config_file", metavar="CONFIG.yaml")

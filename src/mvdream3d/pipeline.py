@@ -64,7 +64,9 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 def resolve_model(model: str | os.PathLike | MVDreamModel | None = None) -> MVDreamModel:
-    """A model from a name (published, shipped config), a checkpoint path, or the built-in default."""
+    """A model from a name (published, shipped config), a checkpoint path, a DreamBooth LoRA file (merged into
+    the base model it names), an output folder holding model.safetensors or lora.safetensors, or the
+    built-in default."""
     if isinstance(model, MVDreamModel):
         return model
     from .builtin import DEFAULT_MODEL, builtin_model
@@ -74,12 +76,30 @@ def resolve_model(model: str | os.PathLike | MVDreamModel | None = None) -> MVDr
         return builtin_model(name)
     if name in PUBLISHED_FILES:
         return load_model(name, download_published(name))
+    if os.path.isdir(name):
+        name = _model_file_in(name)
     if os.path.exists(name):
+        from .training.lora import is_lora_file, load_lora_model
+
+        if is_lora_file(name):  # DreamBooth adapters: the base model they name, adapters merged
+            return load_lora_model(name)
         return load_model(_sidecar_config(name), name)
     known = sorted({DEFAULT_MODEL, "tiny-random", *PUBLISHED_FILES})
     if name in available_configs():
         raise FileNotFoundError(f"{name!r} is a config without weights; pass a checkpoint path too")
     raise FileNotFoundError(f"model {name!r} is not a checkpoint file nor a known model ({', '.join(known)})")
+
+
+MODEL_FILES_IN_FOLDER = ("model.safetensors", "lora.safetensors")
+
+
+def _model_file_in(folder: str) -> str:
+    """The model file of an output folder (``train``, ``dreambooth``): model.safetensors or lora.safetensors."""
+    found = [os.path.join(folder, f) for f in MODEL_FILES_IN_FOLDER if os.path.isfile(os.path.join(folder, f))]
+    if len(found) != 1:
+        raise FileNotFoundError(f"model folder {folder} must hold exactly one of {', '.join(MODEL_FILES_IN_FOLDER)} "
+                                f"(found {len(found)}): pass the model file itself")
+    return found[0]
 
 
 def _sidecar_config(path: str) -> str | None:
