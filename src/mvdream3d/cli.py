@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_text_to_3d_subparser(sub)
 
+    from .webapp.cli import add_serve_subparser
+
+    add_serve_subparser(sub)
+
     from .training.dreambooth_cli import add_dreambooth_subparser
 
     add_dreambooth_subparser(sub)

@@ -1,0 +1,189 @@
+"""The gradio page: Multi-view, Text-to-3D, DreamBooth and Gallery tabs around :class:`.handlers.Handlers`.
+
+Heavy jobs (the three tabs' main buttons) share one slot of gradio's queue (``concurrency_id="heavy"``,
+limit 1) so they run one at a time, in order; waiting users see their place in the queue. Every
+endpoint is also callable with gradio_client under its ``api_name`` (see docs/webapp.md).
+"""
+
+import os
+from pathlib import Path
+
+import gradio as gr
+
+from ..diffusion.sampling import SAMPLERS
+from ..files import ensure_writable_dir
+from .handlers import Handlers, page_errors, random_seed
+from .models import ModelRegistry
+
+CSS = """
+.gradio-container {max-width: 1280px !important}
+.seed-row {align-items: end}
+.seed-row button {max-height: 48px}
+#mv-gallery .thumbnail-item, #runs-gallery .thumbnail-item {background: white}
+#t3d-live img, #t3d-preview img, #db-grid img {width: 100%; height: auto; object-fit: contain;
+  image-rendering: pixelated}
+"""
+HEAVY = {"concurrency_limit": 1, "concurrency_id": "heavy"}
+LIGHT = {"concurrency_limit": None, "api_visibility": "private"}
+
+
+def _model_picker(registry: ModelRegistry, elem_id: str) -> gr.Dropdown:
+    # custom values pass gradio's own check so that models added later (DreamBooth) work for every session and
+    # API client; the registry accepts only what it offers
+    return gr.Dropdown(registry.choices(), value=registry.default, label="Model", elem_id=elem_id,
+                       allow_custom_value=True,
+                       info="built-in, files given with --model / --models-dir, and this server's DreamBooth results")
+
+
+def _seed_row(elem_id: str) -> gr.Number:
+    with gr.Row(elem_classes="seed-row"):
+        seed = gr.Number(0, label="Seed", precision=0, elem_id=elem_id, scale=3)
+        button = gr.Button("Random seed", size="md", scale=1, elem_id=f"{elem_id}-random")
+    button.click(random_seed, None, seed, **LIGHT)
+    return seed
+
+
+def build_app(model: str | list[str] | None = None, out_dir: str | os.PathLike = "mvdream3d-web",
+              models_dir: str | os.PathLike | None = None, config: str | None = None,
+              overrides: list[str] | tuple[str, ...] = (), dreambooth_settings: dict | None = None,
+              device: str = "auto", max_queue: int = 8) -> gr.Blocks:
+    """The web app as a ``gr.Blocks`` (queue configured; serve it with :func:`launch_app`).
+
+    Args:
+        model: the model(s) offered first in the pickers (names or checkpoint paths; the first is the default).
+        out_dir: where runs are written and the only folder the app serves files from (gradio's upload and
+            cache folder is ``out_dir/.gradio``).
+        models_dir: a folder of .safetensors / .pt checkpoints also offered in the pickers.
+        config / overrides: text-to-3D config name or YAML and ``section.key=value`` overrides (as the CLI's).
+        dreambooth_settings: DreamBoothConfig fields for every DreamBooth run (e.g. ``{"train": "lora"}``).
+        device: where the models run (``auto``: the GPU if there is one).
+        max_queue: how many requests may wait in the queue.
+    """
+    from ..threed.config import load_text_to_3d_config
+
+    load_text_to_3d_config(config or "builtin", list(overrides))  # a bad --config / --set fails at start
+    out = ensure_writable_dir(out_dir).resolve()
+    os.environ["GRADIO_TEMP_DIR"] = str(ensure_writable_dir(out / ".gradio"))  # uploads and served copies
+    models = [model] if isinstance(model, str) else list(model or [])
+    registry = ModelRegistry(out, models, models_dir, device)
+    h = Handlers(registry, out, config, tuple(overrides), dreambooth_settings)
+
+    with gr.Blocks(title="mvdream3d", analytics_enabled=False, delete_cache=(3600, 7 * 86400)) as demo:
+        gr.Markdown("## mvdream3d: text → consistent views → 3D")
+        with gr.Tabs():
+            with gr.Tab("Multi-view", id="multiview"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        mv_prompt = gr.Textbox(label="Prompt", placeholder="a red cube with a yellow nose",
+                                               elem_id="mv-prompt")
+                        mv_negative = gr.Textbox(label="Negative prompt", elem_id="mv-negative")
+                        with gr.Row():
+                            mv_views = gr.Number(4, label="Views", precision=0, elem_id="mv-views")
+                            mv_elev = gr.Number(15, label="Elevation (°)", elem_id="mv-elevation")
+                            mv_az = gr.Number(0, label="Azimuth start (°)", elem_id="mv-azimuth")
+                        with gr.Row():
+                            mv_sampler = gr.Dropdown(list(SAMPLERS), value="ddim", label="Sampler")
+                            mv_steps = gr.Slider(1, 200, 30, step=1, label="Steps", elem_id="mv-steps")
+                        mv_guid = gr.Slider(0, 20, 7.5, step=0.5, label="Guidance scale", elem_id="mv-guidance")
+                        mv_seed = _seed_row("mv-seed")
+                        mv_model = _model_picker(registry, "mv-model")
+                        mv_go = gr.Button("Generate views", variant="primary", elem_id="mv-generate")
+                    with gr.Column(scale=3):
+                        mv_status = gr.Markdown(elem_id="mv-status", min_height=60)
+                        mv_gallery = gr.Gallery(label="Views", columns=4, height=220, fit_columns=False,
+                                                object_fit="contain", elem_id="mv-gallery")
+                        mv_grid = gr.Image(label="Grid", type="filepath", elem_id="mv-grid")
+                        with gr.Accordion("Cameras used (as in cameras.json)", open=False):
+                            mv_cams = gr.JSON(label="OpenGL camera-to-world, world +y up", elem_id="mv-cameras")
+                        mv_files = gr.File(label="Downloads: grid, views, cameras.json", file_count="multiple",
+                                           elem_id="mv-files")
+            with gr.Tab("Text-to-3D", id="text-to-3d"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        t_prompt = gr.Textbox(label="Prompt", placeholder="a red cube with a yellow nose",
+                                              elem_id="t3d-prompt")
+                        t_steps = gr.Number(0, label="Optimisation steps (0 = the recipe's)", precision=0,
+                                            elem_id="t3d-steps")
+                        t_res = gr.Number(0, label="Render resolution (px, 0 = the recipe's)", precision=0,
+                                          elem_id="t3d-resolution")
+                        t_guid = gr.Number(0, label="Guidance scale (0 = the recipe's)", elem_id="t3d-guidance")
+                        t_seed = _seed_row("t3d-seed")
+                        t_model = _model_picker(registry, "t3d-model")
+                        with gr.Row():
+                            t_go = gr.Button("Make 3D", variant="primary", elem_id="t3d-run")
+                            t_cancel = gr.Button("Cancel (keeps the run)", variant="stop", elem_id="t3d-cancel")
+                    with gr.Column(scale=3):
+                        t_status = gr.Markdown(elem_id="t3d-status", min_height=60)
+                        t_preview = gr.Image(label="Multi-view preview (the model's own 4 views)", type="filepath",
+                                             elem_id="t3d-preview")
+                        t_live = gr.Image(label="The 3D object now (4 views)", format="png", elem_id="t3d-live")
+                        with gr.Row():
+                            t_mesh = gr.Model3D(label="Mesh (.glb)", clear_color=(1, 1, 1, 1), elem_id="t3d-model3d")
+                            t_video = gr.Video(label="Turntable", autoplay=True, loop=True, elem_id="t3d-video")
+                        t_glb, t_mp4 = gr.File(visible=False), gr.File(visible=False)  # for the API and .then
+                        t_files = gr.File(label="Downloads: .glb, .obj, video, ...", file_count="multiple",
+                                          elem_id="t3d-files")
+            with gr.Tab("DreamBooth", id="dreambooth"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        d_photos = gr.File(label="3-10 photos of the subject", file_count="multiple",
+                                           file_types=["image"], elem_id="db-photos")
+                        with gr.Row():
+                            d_token = gr.Textbox("sks", label="Token", elem_id="db-token")
+                            d_class = gr.Textbox(label="Class word", placeholder="toy", elem_id="db-class")
+                        d_steps = gr.Number(200, label="Steps", precision=0, elem_id="db-steps")
+                        d_lambda = gr.Number(1.0, label="λ (parameter preservation)", elem_id="db-lambda")
+                        d_model = _model_picker(registry, "db-model")
+                        d_go = gr.Button("Train", variant="primary", elem_id="db-train")
+                    with gr.Column(scale=3):
+                        d_status = gr.Markdown(elem_id="db-status", min_height=60)
+                        d_grid = gr.Image(label="4 views of the new subject", type="filepath", elem_id="db-grid")
+                        d_files = gr.File(label="Downloads", file_count="multiple")
+            with gr.Tab("Gallery", id="gallery") as gallery_tab:
+                r_refresh = gr.Button("Refresh", size="sm", elem_id="runs-refresh")
+                r_ids = gr.State([])
+                r_gallery = gr.Gallery(label="Runs of this server, newest first", columns=6, height=360,
+                                       fit_columns=False, allow_preview=False, object_fit="contain",
+                                       elem_id="runs-gallery")
+                r_pick = gr.Dropdown([], label="Run", allow_custom_value=True, elem_id="runs-pick")
+                r_info = gr.Markdown(elem_id="runs-info")
+                r_images = gr.Gallery(label="Pictures", columns=4, height="auto", fit_columns=False,
+                                      object_fit="contain", elem_id="runs-images")
+                with gr.Row():
+                    r_mesh = gr.Model3D(label="Mesh", clear_color=(1, 1, 1, 1), elem_id="runs-model3d")
+                    r_video = gr.Video(label="Turntable", autoplay=True, loop=True, elem_id="runs-video")
+                r_files = gr.File(label="Files", file_count="multiple", elem_id="runs-files")
+
+        mv_inputs = [mv_prompt, mv_negative, mv_views, mv_elev, mv_az, mv_sampler, mv_steps, mv_guid, mv_seed, mv_model]
+        mv_go.click(page_errors(h.generate), mv_inputs, [mv_status, mv_gallery, mv_grid, mv_cams, mv_files],
+                    api_name="generate", show_progress_on=mv_gallery, **HEAVY)
+        t_go.click(page_errors(h.text_to_3d), [t_prompt, t_steps, t_res, t_seed, t_guid, t_model],
+                   [t_status, t_preview, t_live, t_files, t_glb, t_mp4], api_name="text_to_3d",
+                   show_progress_on=t_status, **HEAVY).success(h.show_3d, [t_glb, t_mp4], [t_mesh, t_video], **LIGHT)
+        t_go.click(lambda: (None, None), None, [t_mesh, t_video], **LIGHT)  # the previous run's mesh goes
+        t_cancel.click(page_errors(h.cancel), None, t_status, api_name="cancel", concurrency_limit=None)
+        pickers = [mv_model, t_model, d_model]
+        d_go.click(page_errors(h.dreambooth), [d_photos, d_token, d_class, d_steps, d_lambda, d_model],
+                   [d_status, d_grid, d_files, *pickers], api_name="dreambooth",
+                   show_progress_on=d_status, **HEAVY)
+        runs_out = [r_gallery, r_ids, r_pick]
+        r_refresh.click(page_errors(h.list_runs), None, runs_out, api_name="list_runs", concurrency_limit=None)
+        gallery_tab.select(page_errors(h.list_runs), None, runs_out, **LIGHT)
+        r_gallery.select(h.select_run, r_ids, r_pick, **LIGHT)
+        r_pick.change(page_errors(h.open_run), r_pick, [r_info, r_images, r_mesh, r_video, r_files],
+                      api_name="open_run", concurrency_limit=None)
+        demo.load(page_errors(h.model_choices), None, pickers, **LIGHT)
+    demo.queue(max_size=max_queue, default_concurrency_limit=1)
+    demo.mvdream3d_out_dir = out  # read by launch_app: the only folder served
+    return demo
+
+
+def launch_app(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+               auth: list[tuple[str, str]] | None = None, block: bool = True, quiet: bool = False) -> gr.Blocks:
+    """Serve ``demo`` on ``host:port`` (loopback by default; a public share link only when asked), serving
+    files only from its output folder, uploads limited to 10 MB each. ``block=False`` returns at once."""
+    out = Path(demo.mvdream3d_out_dir)
+    demo.launch(server_name=host, server_port=port, share=share, auth=auth, allowed_paths=[str(out)],
+                max_file_size="10mb", prevent_thread_lock=not block, quiet=quiet, show_error=False,
+                ssr_mode=False, theme=gr.themes.Soft(), css=CSS, footer_links=["api"])
+    return demo

@@ -1,0 +1,490 @@
+"""``mvdream3d serve`` in a real browser (headless Chromium via Selenium) and through gradio_client.
+
+One server (tiny-random model, tiny text-to-3D settings) serves the whole module. The browser tests skip
+when Chromium or chromedriver is missing (``apt-get install -y chromium chromium-driver``); everything
+here skips without the ``ui`` extra. ``MVDREAM3D_SCREENSHOTS=1`` saves a screenshot of each tab to
+docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mvdream3d.cli import main
+
+TINY_3D = [
+    "cameras.resolution_milestones=[[0,16,4]]", "guidance.render_size=64", "renderer.num_samples_per_ray=12",
+    "material.ambient_only_steps=1", "export.mesh_resolution=24", "export.video_frames=3", "export.video_size=32",
+    "export.view_size=32", "output.preview_steps=2", "output.progress_every=1", "geometry.log2_hashmap_size=10",
+    "geometry.n_levels=4", "geometry.max_resolution=32",
+]
+TIMEOUT = 300  # seconds for one job: generous, for a loaded 2-core machine
+SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+BROWSER_HINT = "the browser tests need Chromium: apt-get install -y chromium chromium-driver"
+
+
+@dataclass
+class Server:
+    url: str
+    out: Path
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    pytest.importorskip("gradio", reason='the web app needs the ui extra: pip install -e ".[dev,ui]"')
+    base = tmp_path_factory.mktemp("webapp")
+    out, log, port = base / "out", base / "server.log", _free_port()
+    cmd = [sys.executable, "-m", "mvdream3d.cli", "serve", "--model", "tiny-random", "--out", str(out),
+           "--port", str(port), "--config", "builtin", "--dreambooth-set", "sample_steps=2"]
+    for s in TINY_3D:
+        cmd += ["--set", s]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited ({proc.returncode}):\n{log.read_text()}")
+            try:
+                if _get(url)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not answer in 180 s:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield Server(url, out, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser tests need selenium (dev extra)")
+    binary = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver_path = shutil.which("chromedriver")
+    if binary is None or driver_path is None:
+        pytest.skip(BROWSER_HINT)
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                "--autoplay-policy=no-user-gesture-required", "--enable-unsafe-swiftshader", "--mute-audio"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _by_css(d, css: str):
+    from selenium.webdriver.common.by import By
+
+    return d.find_elements(By.CSS_SELECTOR, css)
+
+
+def _wait(d, condition, timeout: float = TIMEOUT, what: str = ""):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(d, timeout, poll_frequency=0.2).until(lambda drv: condition(drv), message=what)
+
+
+def _open(d, server: Server, tab: str = "Multi-view") -> None:
+    d.get(server.url)
+    _wait(d, lambda drv: _by_css(drv, "#mv-generate"), 60, "page loaded")
+    _tab(d, tab)
+
+
+def _tab(d, name: str) -> None:
+    button = next(b for b in _by_css(d, "button[role=tab]") if b.text.strip() == name)
+    button.click()
+    _wait(d, lambda drv: button.get_attribute("aria-selected") == "true", 10, f"tab {name}")
+
+
+def _fill(d, elem_id: str, value) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    field = _by_css(d, f"#{elem_id} textarea, #{elem_id} input")[0]
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(Keys.DELETE)
+    if str(value):
+        field.send_keys(str(value))
+    field.send_keys(Keys.TAB)
+
+
+def _toasts(d) -> str:
+    return " ".join(t.text for t in _by_css(d, ".toast-body"))
+
+
+def _close_toasts(d) -> None:
+    d.execute_script("document.querySelectorAll('.toast-close').forEach(b => b.click())")
+    _wait(d, lambda drv: not _by_css(drv, ".toast-body"), 10, "toasts closed")
+
+
+def _loaded_images(d, css: str) -> list:
+    images = _by_css(d, css)
+    return images if images and all(d.execute_script("return arguments[0].complete && "
+                                                     "arguments[0].naturalWidth > 0", i) for i in images) else []
+
+
+def _pixel_std(d, img) -> float:
+    """Standard deviation of an image's pixel values, computed in the browser (0 for a blank image)."""
+    return d.execute_script("""
+        const img = arguments[0], c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+        const px = g.getImageData(0, 0, c.width, c.height).data;
+        let n = 0, s = 0, s2 = 0;
+        for (let i = 0; i < px.length; i += 4)
+            for (let k = 0; k < 3; k++) { n++; s += px[i + k]; s2 += px[i + k] ** 2; }
+        return Math.sqrt(Math.max(0, s2 / n - (s / n) ** 2));""", img)
+
+
+def _settled_drawing(element, timeout: float = 30) -> None:
+    """Wait until an element (e.g. a WebGL canvas) shows something and has stopped changing."""
+    import io
+
+    from PIL import Image, ImageChops, ImageStat
+
+    previous, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        image = Image.open(io.BytesIO(element.screenshot_as_png)).convert("L")
+        if previous is not None and previous.size == image.size and max(ImageStat.Stat(image).stddev) > 2.0 \
+                and ImageChops.difference(previous, image).getbbox() is None:
+            return
+        previous = image
+        time.sleep(1.0)
+
+
+def _shot(d, name: str, height: int = 1300, drawn: str | None = None) -> None:
+    """With MVDREAM3D_SCREENSHOTS=1, save the page as docs/screenshots/NAME.png (after ``drawn``, e.g. a WebGL
+    canvas, shows something, or 30 s)."""
+    if os.environ.get("MVDREAM3D_SCREENSHOTS") != "1":
+        return
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    d.set_window_size(1400, height)
+    d.execute_script("window.scrollTo(0, 0)")
+    time.sleep(1.0)
+    if drawn:
+        _settled_drawing(_by_css(d, drawn)[0])
+        d.execute_script("window.scrollTo(0, 0)")
+    d.save_screenshot(str(SHOTS / f"{name}.png"))
+    d.set_window_size(1400, 1000)
+
+
+def _file_names(d, css: str) -> set[str]:
+    """Names of the files a gr.File offers for download."""
+    links = [a.get_attribute("href") or "" for a in _by_css(d, f"{css} a[href]")]
+    return {link.split("?")[0].rsplit("/", 1)[-1] for link in links if "file=" in link}
+
+
+def _runs(server: Server, kind: str) -> list[dict]:
+    """The run.json of every run of ``kind``, oldest first, with the run folder under ``"dir"``."""
+    runs = [{**json.loads(p.read_text()), "dir": p.parent} for p in (server.out / kind).glob("*/run.json")]
+    return sorted(runs, key=lambda r: r["started_at"])
+
+
+def _generate(d, prompt: str, views: int = 4, steps: int = 2) -> None:
+    _fill(d, "mv-prompt", prompt)
+    _fill(d, "mv-views", views)
+    _fill(d, "mv-steps", steps)
+    _by_css(d, "#mv-generate")[0].click()
+
+
+# ---------------------------------------------------------------------------------------------- browser
+def test_multiview_tab_shows_views_grid_cameras_and_downloads(server, browser):
+    d = browser
+    _open(d, server)
+    _generate(d, "a red cube with a yellow nose", views=4, steps=2)
+    images = _wait(d, lambda drv: len(_loaded_images(drv, "#mv-gallery img")) >= 4 and
+                   _loaded_images(drv, "#mv-gallery img"), what="4 views in the gallery")
+    assert len(images) == 4
+    for img in images:
+        assert _pixel_std(d, img) > 1.0, "a blank view"
+    _wait(d, lambda drv: _loaded_images(drv, "#mv-grid img"), 30, "the grid")
+    downloads = _wait(d, lambda drv: _file_names(drv, "#mv-files"), 30, "downloads")
+    assert downloads == {"grid.png", "cameras.json"} | {f"view_00_0{i}.png" for i in range(4)}
+    assert "az 90°, el 15°" in d.page_source  # the cameras used, as captions
+    run = _runs(server, "generate")[-1]
+    assert run["status"] == "done" and run["settings"]["steps"] == 2
+    _shot(d, "multiview")
+
+
+def test_bad_input_shows_a_readable_error_and_the_server_goes_on(server, browser):
+    d = browser
+    _open(d, server)
+    _generate(d, "", steps=2)
+    _wait(d, lambda drv: "prompt is empty" in _toasts(drv), 60, "empty-prompt error")
+    _close_toasts(d)
+    _generate(d, "a blue sphere", views=0, steps=2)
+    _wait(d, lambda drv: "number of views must be between 1" in _toasts(drv), 60, "0-views error")
+    assert "Traceback" not in d.page_source
+    _close_toasts(d)
+    _generate(d, "a blue sphere", views=2, steps=2)
+    _wait(d, lambda drv: len(_loaded_images(drv, "#mv-gallery img")) == 2, what="the next request works")
+
+
+def test_text_to_3d_tab_ends_in_a_3d_viewer_and_a_video(server, browser):
+    d = browser
+    _open(d, server, "Text-to-3D")
+    _fill(d, "t3d-prompt", "a red cube with a yellow nose")
+    _fill(d, "t3d-steps", 2)
+    _fill(d, "t3d-resolution", 24)
+    _by_css(d, "#t3d-run")[0].click()
+    _wait(d, lambda drv: "Done" in _by_css(drv, "#t3d-status")[0].text, what="text-to-3D finished")
+    run = _runs(server, "text-to-3d")[-1]
+    assert run["status"] == "done" and run["settings"]["guidance_scale"] is None  # 0 on the page: the recipe's
+    config = yaml.safe_load((run["dir"] / "config.yaml").read_text())
+    assert config["cameras"]["resolution_milestones"] == [[0, 24, 4]] and config["guidance"]["guidance_scale"] == 20
+    preview = _wait(d, lambda drv: _loaded_images(drv, "#t3d-preview img"), 30, "multi-view preview")
+    assert _pixel_std(d, preview[0]) > 1.0
+    link = _wait(d, lambda drv: _by_css(drv, "#t3d-model3d [data-testid=model3d-download-link]"), 30, "3D viewer")
+    glb_url = link[0].get_attribute("href")
+    assert glb_url.split("?")[0].endswith(".glb")
+    status, body = _get(glb_url)
+    assert status == 200 and body[:4] == b"glTF"
+    _wait(d, lambda drv: _by_css(drv, "#t3d-model3d canvas"), 60, "the 3D viewer's canvas")
+    video = _by_css(d, "#t3d-video video")[0]
+    assert video.get_attribute("src").split("?")[0].endswith(".mp4")
+    _wait(d, lambda drv: drv.execute_script("return arguments[0].readyState", video) >= 2, 60, "video loaded")
+    d.execute_script("arguments[0].play()", video)
+    _wait(d, lambda drv: drv.execute_script("const v = arguments[0]; return !v.error && !v.paused", video), 30,
+          "video playing")
+    assert _file_names(d, "#t3d-files") >= {"mesh.glb", "mesh.obj", "turntable.mp4"}
+    _shot(d, "text-to-3d", 1400, drawn="#t3d-model3d canvas")
+
+
+def test_a_second_user_waits_in_the_queue_and_cancel_keeps_the_run(server, browser):
+    """User A's text-to-3D runs until cancelled, so user B's request must wait, whatever the machine's speed."""
+    d = browser
+    _open(d, server, "Text-to-3D")
+    user_a = d.current_window_handle
+    _fill(d, "t3d-prompt", "a long run")
+    _fill(d, "t3d-steps", 5000)
+    _by_css(d, "#t3d-run")[0].click()
+    _wait(d, lambda drv: "step " in _by_css(drv, "#t3d-status")[0].text, what="A optimising")
+    d.switch_to.new_window("tab")
+    _open(d, server)
+    _generate(d, "second user", views=2, steps=2)
+    _wait(d, lambda drv: "queue" in _by_css(drv, "#mv-gallery")[0].text, 60, "B sees their place in the queue")
+    d.switch_to.window(user_a)
+    _wait(d, lambda drv: _loaded_images(drv, "#t3d-live img"), 60, "A's live 4-view render")
+    _by_css(d, "#t3d-cancel")[0].click()
+    status = _wait(d, lambda drv: "Stopped at step" in _by_css(drv, "#t3d-status")[0].text and
+                   _by_css(drv, "#t3d-status")[0].text, 120, "A stopped")
+    assert "--resume" in status
+    d.switch_to.window(d.window_handles[-1])
+    _wait(d, lambda drv: len(_loaded_images(drv, "#mv-gallery img")) == 2, what="B's request done after A's")
+    d.close()
+    d.switch_to.window(user_a)
+    a, b = _runs(server, "text-to-3d")[-1], _runs(server, "generate")[-1]
+    assert a["prompt"] == "a long run" and a["status"] == "stopped" and 1 <= a["steps_done"] < 5000
+    assert b["prompt"] == "second user" and b["status"] == "done"
+    assert b["started_at"] >= a["finished_at"], "heavy jobs must run one at a time, in order"
+    assert (a["dir"] / "checkpoints" / "latest").is_dir()
+    assert "model: tiny-random" in (a["dir"] / "config.yaml").read_text()  # what --resume needs
+
+
+def test_dreambooth_tab_trains_and_adds_the_model_to_the_pickers(server, browser, tmp_path):
+    from PIL import Image, ImageDraw
+
+    photos = []
+    for i in range(3):
+        im = Image.new("RGB", (64, 64), "white")
+        ImageDraw.Draw(im).ellipse([10 + 3 * i, 12, 54, 52], fill=(40, 90, 200))
+        photos.append(tmp_path / f"photo{i}.png")
+        im.save(photos[-1])
+    fake = tmp_path / "not_a_photo.png"
+    fake.write_text("this is text")
+    d = browser
+    _open(d, server, "DreamBooth")
+    upload = _by_css(d, "#db-photos input[type=file]")[0]
+    upload.send_keys("\n".join(str(p) for p in [*photos[:2], fake]))
+    _wait(d, lambda drv: "not_a_photo" in _by_css(drv, "#db-photos")[0].text, 60, "uploaded")
+    _fill(d, "db-class", "toy")
+    _fill(d, "db-steps", 2)
+    _by_css(d, "#db-train")[0].click()
+    _wait(d, lambda drv: "not an image" in _toasts(drv), 60, "bad-upload error")
+    _close_toasts(d)
+    _open(d, server, "DreamBooth")  # a fresh page: an empty upload box
+    _by_css(d, "#db-photos input[type=file]")[0].send_keys("\n".join(str(p) for p in photos))
+    _wait(d, lambda drv: "photo2" in _by_css(drv, "#db-photos")[0].text, 60, "uploaded")
+    _fill(d, "db-class", "toy")
+    _fill(d, "db-steps", 2)
+    _by_css(d, "#db-train")[0].click()
+    _wait(d, lambda drv: "Trained" in _by_css(drv, "#db-status")[0].text, what="DreamBooth finished")
+    _wait(d, lambda drv: _loaded_images(drv, "#db-grid img"), 30, "the new subject's 4 views")
+    _shot(d, "dreambooth")
+    _tab(d, "Multi-view")
+    assert "DreamBooth: a sks toy" in _by_css(d, "#mv-model input")[0].get_attribute("value")
+    _by_css(d, "#mv-model input")[0].click()
+    _wait(d, lambda drv: any("DreamBooth: a sks toy" in o.text for o in _by_css(drv, "[role=option]")), 30,
+          "the new model among the Multi-view picker's options")
+    _generate(d, "a sks toy", views=4, steps=2)  # the new model generates
+    _wait(d, lambda drv: len(_loaded_images(drv, "#mv-gallery img")) == 4, what="views from the new model")
+    assert _runs(server, "generate")[-1]["settings"]["model"].startswith("dreambooth:")
+
+
+def test_gallery_lists_runs_newest_first_and_reopens_them(server, browser):
+    from gradio_client import Client
+
+    Client(server.url, verbose=False).predict("a gallery entry", "", 2, 15, 0, "ddim", 1, 7.5, 0, "tiny-random",
+                                              api_name="/generate")
+    d = browser
+    _open(d, server, "Gallery")
+    thumbs = _wait(d, lambda drv: _loaded_images(drv, "#runs-gallery img"), 60, "run thumbnails")
+    captions = [line for line in _by_css(d, "#runs-gallery")[0].text.split("\n") if ": " in line]
+    assert "a gallery entry" in captions[0], captions  # newest first
+    thumbs[0].click()
+    _wait(d, lambda drv: "a gallery entry" in _by_css(drv, "#runs-info")[0].text, 60, "run reopened")
+    _wait(d, lambda drv: len(_loaded_images(drv, "#runs-images img")) >= 3, 60, "its pictures")
+    _shot(d, "gallery")
+
+
+# ---------------------------------------------------------------------------------------------- HTTP and API
+def test_only_the_output_folder_is_served(server):
+    for path in ("/etc/passwd", str(server.log), str(server.out / ".." / "server.log"), "../../../../etc/passwd",
+                 str(Path(__file__).resolve())):
+        status, body = _get(f"{server.url}gradio_api/file={path}")
+        assert status in (403, 404), (path, status)
+        assert b"root:" not in body
+    from gradio_client import Client
+
+    Client(server.url, verbose=False).predict("served", "", 1, 15, 0, "ddim", 1, 7.5, 0, "tiny-random",
+                                              api_name="/generate")
+    grid = next((server.out / "generate").glob("*/grid.png"))
+    assert _get(f"{server.url}gradio_api/file={grid}")[0] == 200
+
+
+def test_gradio_client_api(server):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(server.url, verbose=False)
+    assert {"/generate", "/text_to_3d", "/cancel", "/dreambooth", "/list_runs", "/open_run"} <= set(
+        client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    status, views, grid, cameras, files = client.predict(
+        "a green cone", "", 3, 20, 45, "euler", 2, 5.0, 7, "tiny-random", api_name="/generate")
+    assert len(views) == 3 and all(Path(v["image"]).is_file() for v in views) and Path(grid).is_file()
+    assert [v["azimuth"] for v in cameras["views"]] == [45.0, 165.0, 285.0]
+    assert {Path(f).name for f in files} >= {"grid.png", "cameras.json", "view_00_02.png"}
+    with pytest.raises(AppError, match="prompt is empty"):
+        client.predict("  ", "", 4, 15, 0, "ddim", 2, 7.5, 0, "tiny-random", api_name="/generate")
+    with pytest.raises(AppError, match="unknown model"):
+        client.predict("x", "", 4, 15, 0, "ddim", 2, 7.5, 0, "/etc/passwd", api_name="/generate")
+    with pytest.raises(AppError, match="no run"):
+        client.predict("generate/../../../etc", api_name="/open_run")
+    _, choices = client.predict(api_name="/list_runs")  # (thumbnails, the run picker)
+    newest = choices["choices"][0][1]
+    info, images, *_ = client.predict(newest, api_name="/open_run")
+    assert "a green cone" in info and images
+
+
+def test_gradio_client_requests_wait_their_turn(server):
+    from gradio_client import Client
+    from gradio_client.utils import Status
+
+    a_client = Client(server.url, verbose=False)
+    a = a_client.submit("a long api run", 5000, 0, 0, 20, "tiny-random", api_name="/text_to_3d")
+    while "step " not in str((a.outputs() or [[""]])[-1][0]):
+        assert not a.done(), a.result()
+        time.sleep(0.1)
+    b = Client(server.url, verbose=False).submit("queued second", "", 2, 15, 0, "ddim", 1, 7.5, 0, "tiny-random",
+                                                 api_name="/generate")
+    while not (b.status().code == Status.IN_QUEUE and b.status().rank is not None):
+        assert not b.done(), "the second request ran beside the first"
+        time.sleep(0.1)
+    assert "Stopping" in a_client.predict(api_name="/cancel")  # the same session as the run
+    status, *_, glb, mp4 = a.result(TIMEOUT)
+    assert "Stopped at step" in status and glb is None and mp4 is None
+    b.result(TIMEOUT)
+    runs_a, runs_b = _runs(server, "text-to-3d"), _runs(server, "generate")
+    assert runs_a[-1]["prompt"] == "a long api run" and runs_b[-1]["prompt"] == "queued second"
+    assert runs_b[-1]["started_at"] >= runs_a[-1]["finished_at"]
+
+
+# ---------------------------------------------------------------------------------------------- no server
+def test_serve_without_gradio_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    assert main(["serve", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == 'error: the web app needs gradio: pip install "mvdream3d[ui]"'
+
+
+def test_upload_checks(tmp_path):
+    from PIL import Image
+
+    from mvdream3d.webapp.security import check_photos, parse_auth
+
+    good = []
+    for i in range(3):
+        good.append(tmp_path / f"p{i}.jpg")
+        Image.new("RGB", (16, 16), (i * 80, 0, 0)).save(good[-1])
+    assert check_photos(good) == good
+    with pytest.raises(ValueError, match="upload 3-10 photos"):
+        check_photos(good[:2])
+    with pytest.raises(ValueError, match="upload 3-10 photos"):
+        check_photos(good * 4)
+    fake = tmp_path / "x.png"
+    fake.write_bytes(b"<svg></svg>")
+    with pytest.raises(ValueError, match="x.png is not an image"):
+        check_photos([*good[:2], fake])
+    with pytest.raises(ValueError, match="at most"):
+        check_photos(good, max_bytes=10)
+    gif = tmp_path / "a.gif"
+    Image.new("RGB", (8, 8)).save(gif)
+    with pytest.raises(ValueError, match="GIF"):
+        check_photos([*good[:2], gif])
+    assert parse_auth("ann:secret") == [("ann", "secret")]
+    (tmp_path / "users").write_text("# logins\nann:a\nbob:b:c\n")
+    assert parse_auth(str(tmp_path / "users")) == [("ann", "a"), ("bob", "b:c")]
+    with pytest.raises(ValueError, match="USER:PASSWORD"):
+        parse_auth("nopassword")
+
+
+def test_run_ids_cannot_leave_the_output_folder(tmp_path):
+    from mvdream3d.webapp.runs import find_run, list_runs, new_run, update_run
+
+    run = new_run(tmp_path, "generate", "A cube!", {"steps": 2})
+    update_run(run, status="done")
+    assert find_run(tmp_path, run.id).info["status"] == "done" and run.dir.name.endswith("-a-cube")
+    assert [r.id for r in list_runs(tmp_path)] == [run.id]
+    for bad in ("generate/../../etc", "../generate", "/etc/passwd", "generate/", "dreambooth/" + run.dir.name):
+        with pytest.raises(ValueError, match="no run"):
+            find_run(tmp_path, bad)
