@@ -374,8 +374,9 @@ def text_to_3d(
     else:
         for stale in ("log.jsonl",):
             (out / stale).unlink(missing_ok=True)
-    saved_cfg.write_text(yaml.safe_dump({**cfg.to_dict(), "model": str(model_ref) if model_ref else None},
-                                        sort_keys=False))
+    # a loaded model object has no name to record: --resume then needs --model again
+    ref = str(model_ref) if isinstance(model_ref, str | os.PathLike) else cfg.model
+    saved_cfg.write_text(yaml.safe_dump({**cfg.to_dict(), "model": ref}, sort_keys=False))
     files: dict[str, str] = {}
     if cfg.output.preview and not resume:
         files["preview"] = str(_write_preview(mdl, run.prompt, cfg, out / "preview.png", run.device))
