@@ -157,7 +157,7 @@ def _spawn_train(cfg_path, *extra):
                             start_new_session=True)
 
 
-def _wait_for(path_glob_dir: Path, timeout=120):
+def _wait_for(path_glob_dir: Path, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
         if path_glob_dir.is_dir() and any(p.name.startswith("step_") for p in path_glob_dir.iterdir()):

@@ -27,31 +27,46 @@ Camera and world conventions are those of ``mvdream3d.cameras`` (+y up, object a
 camera axes).
 """
 
-from .background import (
-    BACKGROUNDS,
-    LearnedEnvironmentBackground,
-    RandomColorBackground,
-    SolidBackground,
-    build_background,
-)
-from .camera_sampler import CameraBatch, RandomMultiViewCameraSampler, fixed_views, view_direction_text
-from .config import TextTo3DConfig, available_configs, load_text_to_3d_config
-from .export import (
-    EmptyFieldError,
-    choose_threshold,
-    density_grid,
-    extract_mesh,
-    mesh_field_iou,
-    render_turntable,
-    save_mesh,
-    save_video,
-)
-from .geometry import NORMAL_TYPES, ImplicitVolume
-from .guidance import Guidance2D, MultiViewGuidance, build_guidance, timestep_range
-from .hashgrid import HashGridEncoding
-from .material import SHADING_MODES, DiffuseMaterial
-from .renderer import VolumeRenderer, eval_mode, render_views
-from .system import TextTo3D, TextTo3DResult, text_to_3d
+# Imported on first use: `mvdream3d --help` and the other commands must not pay for torch-heavy
+# imports of the text-to-3D parts (the CLI registers `text-to-3d` through threed/cli.py).
+_LAZY = {
+    "BACKGROUNDS": "background",
+    "CameraBatch": "camera_sampler",
+    "DiffuseMaterial": "material",
+    "EmptyFieldError": "export",
+    "Guidance2D": "guidance",
+    "HashGridEncoding": "hashgrid",
+    "ImplicitVolume": "geometry",
+    "LearnedEnvironmentBackground": "background",
+    "MultiViewGuidance": "guidance",
+    "NORMAL_TYPES": "geometry",
+    "RandomColorBackground": "background",
+    "RandomMultiViewCameraSampler": "camera_sampler",
+    "SHADING_MODES": "material",
+    "SolidBackground": "background",
+    "TextTo3D": "system",
+    "TextTo3DConfig": "config",
+    "TextTo3DResult": "system",
+    "VolumeRenderer": "renderer",
+    "available_configs": "config",
+    "build_background": "background",
+    "build_guidance": "guidance",
+    "choose_threshold": "export",
+    "density_grid": "export",
+    "eval_mode": "renderer",
+    "extract_mesh": "export",
+    "fixed_views": "camera_sampler",
+    "load_text_to_3d_config": "config",
+    "mesh_field_iou": "export",
+    "render_turntable": "export",
+    "render_views": "renderer",
+    "save_mesh": "export",
+    "save_video": "export",
+    "text_to_3d": "system",
+    "timestep_range": "guidance",
+    "view_direction_text": "camera_sampler",
+}
+
 
 __all__ = [
     "CameraBatch",
@@ -90,3 +105,13 @@ __all__ = [
     "save_mesh",
     "save_video",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
