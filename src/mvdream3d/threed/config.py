@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..training.config import ConfigError, _check, _section
+from ..training.config import ConfigError, _check, _section, apply_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "text_to_3d"
 
@@ -244,18 +244,5 @@ def load_text_to_3d_config(config: str | os.PathLike | dict | None, overrides: l
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        if key == "model":
-            raw["model"] = yaml.safe_load(value)
-            continue
-        if "." not in key:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        section, name = key.split(".", 1)
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raise ConfigError(f"override {item!r}: {section} is not a section")
-        raw[section][name] = yaml.safe_load(value)
+    apply_overrides(raw, overrides, top_level=("model",))
     return config_from_dict(raw)

@@ -36,6 +36,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from ..cameras import get_rays
+from ..devices import resolve_device
 from ..files import ensure_writable_dir
 from ..models.model import MVDreamModel
 from ..signals import StopOnSignal
@@ -62,15 +63,6 @@ class TextTo3DResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"output.device={name!r} but no CUDA device is available; use output.device=cpu")
-    return dev
-
-
 def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -90,7 +82,7 @@ class TextTo3D:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty: give a text prompt, e.g. \"a red cube with a yellow nose\"")
         self.prompt, self.cfg, self.out = prompt.strip(), cfg, out
-        self.device = _device(cfg.output.device)
+        self.device = resolve_device(cfg.output.device)
         self.dtype = _dtype(cfg.output.dtype, self.device)
         self.model = self._place_model(model)
         g = cfg.geometry
@@ -372,8 +364,7 @@ def text_to_3d(
     if resume:
         run.load_checkpoint()
     else:
-        for stale in ("log.jsonl",):
-            (out / stale).unlink(missing_ok=True)
+        (out / "log.jsonl").unlink(missing_ok=True)
     # a loaded model object has no name to record: --resume then needs --model again
     ref = str(model_ref) if isinstance(model_ref, str | os.PathLike) else cfg.model
     saved_cfg.write_text(yaml.safe_dump({**cfg.to_dict(), "model": ref}, sort_keys=False))

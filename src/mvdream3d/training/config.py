@@ -179,8 +179,18 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    apply_overrides(raw, overrides)
+    return config_from_dict(raw)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, top_level: tuple[str, ...] = ()) -> None:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config mapping in place;
+    keys named in ``top_level`` may be set directly (``model=...``)."""
     for item in overrides or []:
         key, sep, value = item.partition("=")
+        if sep and key in top_level:
+            raw[key] = yaml.safe_load(value)
+            continue
         if not sep or "." not in key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         section, name = key.split(".", 1)
@@ -188,4 +198,3 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         if not isinstance(raw[section], dict):
             raise ConfigError(f"override {item!r}: {section} is not a section")
         raw[section][name] = yaml.safe_load(value)
-    return config_from_dict(raw)

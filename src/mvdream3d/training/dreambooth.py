@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..devices import resolve_device
 from ..files import ensure_writable_dir
 from ..models.model import MVDreamModel
 from ..signals import StopOnSignal
@@ -168,15 +169,6 @@ def _base_reference(model: Any, cfg: DreamBoothConfig) -> str | None:
     return os.path.abspath(model) if os.path.exists(model) else str(model)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but no GPU is available; use --device cpu")
-    return dev
-
-
 def _trainable(model: MVDreamModel, cfg: DreamBoothConfig) -> list[torch.nn.Parameter]:
     unet = model.unet
     if cfg.train == "lora":
@@ -308,7 +300,7 @@ def dreambooth(
         raise ValueError(f"nothing to resume in {out}: no {CHECKPOINT_DIR}/state.json")
     if not resume and has_ckpt:
         raise ValueError(f"{out} holds a stopped run: pass --resume to continue it, or choose another --out")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     if cfg.mixed_precision == "fp16" and device.type != "cuda":
         raise ValueError("mixed_precision fp16 needs a GPU; use bf16 or no on a CPU")
     base_ref = _base_reference(model, cfg)
