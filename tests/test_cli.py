@@ -86,3 +86,26 @@ def test_convert_to_fp16_halves_the_file_and_loads(tmp_path):
     w = "out.2.weight"
     assert b.unet.state_dict()[w].dtype == torch.float32  # cast back on load
     torch.testing.assert_close(a.unet.state_dict()[w], b.unet.state_dict()[w], atol=1e-3, rtol=1e-3)
+
+
+def test_generate_uses_the_models_sampling_defaults(tmp_path):
+    """Settings left out on the command line come from the checkpoint's ``sampling`` section."""
+    import copy
+
+    from mvdream3d.builtin import builtin_model
+    from mvdream3d.checkpoints import write_checkpoint
+
+    model = builtin_model("tiny-random")
+    assert model.sampling_defaults == {"sampler": "ddim", "steps": 50, "guidance_scale": 7.5}
+    cfg = copy.deepcopy(model.config)
+    cfg["model"]["params"]["sampling"] = {"sampler": "dpmpp_2m", "steps": 3, "guidance_scale": 2.0}
+    write_checkpoint(tmp_path / "m.safetensors", model.ldm_state_dict(), cfg)
+    out = tmp_path / "out"
+    assert main(["generate", "a red cube", "--model", str(tmp_path / "m.safetensors"), "--size", "32",
+                 "--out", str(out)]) == 0
+    cams = json.loads((out / "cameras.json").read_text())
+    assert (cams["sampler"], cams["steps"], cams["guidance"]) == ("dpmpp_2m", 3, 2.0)
+    assert main(["generate", "a red cube", "--model", str(tmp_path / "m.safetensors"), "--size", "32",
+                 "--steps", "2", "--guidance", "0", "--out", str(out)]) == 0
+    cams = json.loads((out / "cameras.json").read_text())
+    assert (cams["sampler"], cams["steps"], cams["guidance"]) == ("dpmpp_2m", 2, 0.0)

@@ -70,9 +70,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = ensure_writable_dir(args.out)
     if args.views < 1:
         raise ValueError(f"--views must be >= 1, got {args.views}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     pipe = _load_pipeline(args)
+    defaults = pipe.model.sampling_defaults  # the model's evaluated settings fill what is not given
+    args.sampler = args.sampler or defaults["sampler"]
+    args.steps = args.steps or int(defaults["steps"])
+    args.guidance = float(defaults["guidance_scale"]) if args.guidance is None else args.guidance
     if args.cpu_offload:
         pipe.enable_cpu_offload(args.device)
     t0 = time.perf_counter()
@@ -159,9 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--elevation", type=float, default=15.0)
     g.add_argument("--azimuth-start", type=float, default=0.0)
     g.add_argument("--azimuth-span", type=float, default=360.0)
-    g.add_argument("--steps", type=int, default=50)
-    g.add_argument("--guidance", type=float, default=7.5)
-    g.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "unipc", "euler", "euler_a"])
+    g.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: the model's; 50 for the published models, 20 for the built-in)")
+    g.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's; 7.5 published, 5 built-in)")
+    g.add_argument("--sampler", default=None, choices=["ddim", "dpmpp_2m", "unipc", "euler", "euler_a"],
+                   help="default: the model's (ddim)")
     g.add_argument("--eta", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--size", type=int, default=None,

@@ -112,6 +112,17 @@ class MVDreamModel(nn.Module):
         return str(self.params.get("prompt_suffix", ", 3d asset"))
 
     @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """Sampler, steps and CFG scale the CLI and web app use when none are given.
+
+        The published models' (DDIM, 50 steps, scale 7.5) unless the config's ``sampling`` section names
+        the settings the model was evaluated with (the built-in model: DDIM, 20 steps, scale 5).
+        """
+        out: dict[str, Any] = {"sampler": "ddim", "steps": 50, "guidance_scale": 7.5}
+        out.update(self.params.get("sampling") or {})
+        return out
+
+    @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
