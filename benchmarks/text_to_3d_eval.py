@@ -128,7 +128,7 @@ def main(argv=None) -> int:
                     row["chamfer"] = round(chamfer(mesh, gt), 4)
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "visible"}), flush=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+                (out / "results.json").write_text(json.dumps(rows, indent=1))  # after every run: nothing lost
     lines = ["| method | runs | prompt right (4 views) | mean fronts | Janus rate | mean Chamfer | s/run |",
              "|---|---|---|---|---|---|---|"]
     for method in args.methods:
