@@ -274,3 +274,43 @@ def test_min_snr_weights_and_training_with_them(tmp_path, data):
     raw = _config(tmp_path, data, steps=2, min_snr_gamma=5.0)
     out = train(config_from_dict(raw))
     assert all(np.isfinite(json.loads(x)["loss"]) for x in (out / "train_log.jsonl").read_text().splitlines())
+
+
+def test_mixed_precision_auto_and_bare_no(tmp_path, data, monkeypatch):
+    from mvdream3d import devices
+
+    assert devices.resolve_mixed_precision(False) == "no"  # YAML's reading of a bare `no`
+    assert devices.resolve_mixed_precision("bf16") == "bf16"
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: frozenset({"avx2"}))
+    assert not devices.has_native_bf16("cpu")
+    assert devices.resolve_mixed_precision("auto", "cpu") == "no"  # emulated bf16 is far slower than fp32
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert devices.resolve_mixed_precision("auto", "cpu") == "bf16"
+    raw = _config(tmp_path, data)
+    raw["train"]["mixed_precision"] = False
+    assert config_from_dict(raw).train.mixed_precision == "no"
+    raw["train"]["mixed_precision"] = "auto"
+    assert config_from_dict(raw).train.mixed_precision == "auto"
+
+
+def test_init_from_the_shipped_model_and_into_a_config_without_camera(tmp_path, data):
+    from mvdream3d.builtin import builtin_model
+    from mvdream3d.models.model import resolve_config
+    from mvdream3d.training.trainer import init_model
+
+    shipped = builtin_model("mvdream3d-tiny")
+    raw = _config(tmp_path, data)
+    raw["model"] = {"config": "mvdream3d-tiny", "init": "mvdream3d-tiny"}
+    raw["data"]["image_size"] = 32
+    model = init_model(config_from_dict(raw))
+    ref = shipped.unet.state_dict()
+    for k, v in model.unet.state_dict().items():
+        assert v.dtype == torch.float32  # fp16 file, fp32 training
+        torch.testing.assert_close(v, ref[k].float())
+    no_cam = resolve_config("mvdream3d-tiny")
+    no_cam["model"]["params"]["unet_config"]["params"]["camera_dim"] = None
+    raw["model"]["config"] = no_cam
+    model = init_model(config_from_dict(raw))
+    assert not model.unet.has_camera
+    for k, v in model.unet.state_dict().items():
+        torch.testing.assert_close(v, ref[k].float())

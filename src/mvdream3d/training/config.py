@@ -66,7 +66,7 @@ class TrainSection:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     gradient_checkpointing: bool = False
-    mixed_precision: str = "no"
+    mixed_precision: str = "no"  # no | auto | bf16 | fp16 (GPU only)
     min_snr_gamma: float = 0.0  # > 0: Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0 = plain MSE
     seed: int = 0
 
@@ -148,7 +148,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)", t.grad_clip)
     _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1) (0 disables EMA)", t.ema_decay)
     _check(t.min_snr_gamma >= 0, "train.min_snr_gamma", "must be >= 0 (0 disables it)", t.min_snr_gamma)
-    _check(t.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "must be no, bf16 or fp16",
+    if t.mixed_precision is False:  # YAML reads a bare `no` as False
+        t.mixed_precision = "no"
+    _check(t.mixed_precision in ("no", "auto", "bf16", "fp16"), "train.mixed_precision",
+           "must be no, auto (bf16 where the device has native bf16 units, else fp32), bf16 or fp16",
            t.mixed_precision)
     _check(o.checkpoint_every >= 1, "output.checkpoint_every", "must be >= 1", o.checkpoint_every)
     _check(o.keep_checkpoints >= 1, "output.keep_checkpoints", "must be >= 1", o.keep_checkpoints)

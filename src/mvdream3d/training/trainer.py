@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
+from ..builtin import DEFAULT_MODEL, builtin_weights_path
 from ..checkpoints import read_checkpoint, split_state_dict, write_checkpoint
 from ..models.model import MVDreamModel, build_model, load_model, resolve_config
 from ..signals import StopOnSignal
@@ -43,7 +44,8 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 
 def init_model(cfg: TrainConfig) -> MVDreamModel:
-    """Build the model: from scratch, from an MVDream checkpoint, or from a 2D SD checkpoint.
+    """Build the model: from scratch, from an MVDream checkpoint (``mvdream3d-tiny`` names the shipped
+    weights), or from a 2D SD checkpoint.
 
     A 2D checkpoint (UNet keys without ``camera_embed``) fills everything else; the camera MLP starts
     with its last layer at zero so the initial model equals the 2D model.
@@ -61,10 +63,18 @@ def init_model(cfg: TrainConfig) -> MVDreamModel:
     init = cfg.model.init
     if init == "scratch":
         return build_model(model_cfg)
+    if init == DEFAULT_MODEL:
+        init = str(builtin_weights_path(init))  # continue from the shipped model's weights
     state, _ = read_checkpoint(init)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 files train in fp32
     parts = split_state_dict(state)
     model = build_model(model_cfg)
-    if not model.unet.has_camera or any(k.startswith("camera_embed.") for k in parts["unet"]):
+    has_camera_weights = any(k.startswith("camera_embed.") for k in parts["unet"])
+    if not model.unet.has_camera and has_camera_weights:
+        # a config without camera input, initialised from a multi-view checkpoint: its camera MLP is dropped
+        state = {k: v for k, v in state.items() if ".camera_embed." not in f".{k}"}
+        print(f"init: {init} has a camera MLP; this config has no camera input, so it is dropped")
+    if not model.unet.has_camera or has_camera_weights:
         return load_model(model_cfg, state)  # a multi-view checkpoint of this config
     # a 2D Stable Diffusion checkpoint: everything but the camera MLP
     missing, unexpected = model.unet.load_state_dict(parts["unet"], strict=False)
@@ -161,7 +171,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
 
     out = Path(cfg.output.dir)
     t = cfg.train
-    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+    from ..devices import resolve_mixed_precision
+
+    precision = resolve_mixed_precision(t.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+    if precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # accelerate keeps a process-wide singleton state; a second train() in one process (a notebook, a
@@ -170,7 +183,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
 
         AcceleratorState._reset_state(reset_partial_state=True)
     accel = Accelerator(
-        mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
+        mixed_precision=precision, gradient_accumulation_steps=t.grad_accum,
         cpu=not torch.cuda.is_available(),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
