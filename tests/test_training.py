@@ -314,3 +314,26 @@ def test_init_from_the_shipped_model_and_into_a_config_without_camera(tmp_path, 
     assert not model.unet.has_camera
     for k, v in model.unet.state_dict().items():
         torch.testing.assert_close(v, ref[k].float())
+
+
+def test_lr_schedules(tmp_path, data):
+    from mvdream3d.training.trainer import lr_factor, train
+
+    raw = _config(tmp_path, data, steps=100, warmup_steps=10)
+    constant = config_from_dict(raw).train
+    assert lr_factor(constant, 0) == pytest.approx(0.1) and lr_factor(constant, 9) == 1.0
+    assert lr_factor(constant, 99) == 1.0
+    for kind, mid in (("linear", 0.5), ("cosine", 0.5)):
+        raw["train"].update(lr_schedule=kind, min_lr_ratio=0.0)
+        t = config_from_dict(raw).train
+        assert lr_factor(t, 9) == 1.0 and lr_factor(t, 99) == pytest.approx(0.0, abs=1e-9)
+        assert lr_factor(t, 54) == pytest.approx(mid, abs=0.01)
+    raw["train"].update(lr_schedule="linear", min_lr_ratio=0.1)
+    assert lr_factor(config_from_dict(raw).train, 99) == pytest.approx(0.1)
+    raw["train"]["lr_schedule"] = "step"
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        config_from_dict(raw)
+    raw = _config(tmp_path, data, steps=4, lr_schedule="linear")
+    out = train(config_from_dict(raw))
+    lrs = [json.loads(x)["lr"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert lrs[0] > lrs[-1] == pytest.approx(0.0, abs=1e-12)

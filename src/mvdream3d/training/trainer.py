@@ -210,8 +210,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             part.requires_grad_(False).eval().to(accel.device)
     unet = model.unet
     optimizer = torch.optim.AdamW(unet.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    warm = max(1, t.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(t, s))
     ema = EMAModel(unet.parameters(), decay=t.ema_decay) if t.ema_decay > 0 else None
 
     step, data_state, history = 0, None, []
@@ -325,6 +324,19 @@ def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict
     per_sample = (pred.float() - target.float()).square().flatten(1).mean(1)
     weights = min_snr_weights(schedule, t, cfg.train.min_snr_gamma).to(per_sample.device)
     return (weights * per_sample).mean()
+
+
+def lr_factor(t: Any, step: int) -> float:
+    """Learning-rate multiplier after ``step`` optimiser steps: linear warm-up over ``warmup_steps``, then
+    constant, or a linear / cosine decay to ``min_lr_ratio`` at ``steps``."""
+    warm = max(1, t.warmup_steps)
+    if step + 1 < warm:
+        return (step + 1) / warm
+    if t.lr_schedule == "constant":
+        return 1.0
+    frac = min(1.0, (step + 1 - warm) / max(1, t.steps - warm))
+    decay = 1.0 - frac if t.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+    return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * decay
 
 
 def min_snr_weights(schedule: Any, t: torch.Tensor, gamma: float) -> torch.Tensor:
