@@ -71,6 +71,8 @@ def test_captions_read_well():
     assert S.caption_of(attrs(shape="sphere", color="orange", second_shape="cone", second_color="blue")) == (
         "an orange sphere and a blue cone"
     )
+    assert S.caption_of(attrs(shape="cube", color="red", size="small", feature="nose", feature_color="orange"),
+                        size_word=False) == "a red cube with an orange nose"
     assert S.view_name(10) == "front" and S.view_name(350) == "front" and S.view_name(180) == "back"
     assert S.view_name(90) == "side" and S.view_name(225) == "back" and S.view_name(300) == "side"
 
@@ -193,3 +195,35 @@ def test_synth_cli(renderer, tmp_path, capsys):
     assert world["held_out"] == {"colors": [], "shapes": ["torus"]} and world["num_3d"] == 2
     assert len(list((tmp_path / "w" / "multiview").glob("*/meta.json"))) == 2
     assert "wrote 2 assets" in capsys.readouterr().out
+
+
+def test_size_words_are_optional_and_leave_the_renders_alone(renderer, tmp_path):
+    always = _generate(tmp_path / "always", num_3d=12, num_2d=24, p_size_word=1.0)
+    half = _generate(tmp_path / "half", num_3d=12, num_2d=24, p_size_word=0.5)
+    assert "p_size_word" not in always and half["p_size_word"] == 0.5
+
+    def rows(root):
+        a = [json.loads(x) for x in (root / "assets" / "attributes.jsonl").read_text().splitlines()]
+        b = [json.loads(x) for x in (root / "image_text" / "captions.jsonl").read_text().splitlines()]
+        return a + b
+
+    named = []
+    for r1, r2 in zip(rows(tmp_path / "always"), rows(tmp_path / "half"), strict=True):
+        a = r1["attributes"]
+        assert a == r2["attributes"]  # the same objects and cameras
+        if a["size"] is None:
+            assert r1["caption"] == r2["caption"]  # pairs never name sizes
+            continue
+        assert f" {a['size']} " in r1["caption"]
+        named.append(f" {a['size']} " in r2["caption"])
+        assert r2["caption"].replace(f"{a['size']} ", "").replace("an ", "a ") == \
+            r1["caption"].replace(f"{a['size']} ", "").replace("an ", "a ")
+    assert any(named) and not all(named)
+    for aid in ("asset_00000", "asset_00005"):
+        m1, m2 = (json.loads((tmp_path / w / "multiview" / aid / "meta.json").read_text()) for w in ("always", "half"))
+        assert m1["views"] == m2["views"]  # the same cameras
+        i1, i2 = (np.asarray(Image.open(tmp_path / w / "multiview" / aid / "rgba_001.png")).astype(float)
+                  for w in ("always", "half"))
+        assert np.abs(i1 - i2).mean() < 1.0  # the same picture (up to the rasteriser's edge pixels)
+    with pytest.raises(ValueError, match="p_size_word"):
+        _generate(tmp_path / "bad", p_size_word=1.5)

@@ -549,6 +549,13 @@ class Renderer:
             c2w = c2w[0]
         if c2w.shape != (4, 4) or not np.all(np.isfinite(c2w)):
             raise ValueError(f"c2w must be a finite (4, 4) matrix, got shape {c2w.shape}")
+        # Several renderers (one per image size) can live in one process; GL calls go to whichever context
+        # is current, so make this one current first (without it a 32-px render after a 64-px renderer was
+        # created reads another context's framebuffer: garbage).
+        with self.ctx:
+            return self._render(mesh, c2w, fov, light_dir)
+
+    def _render(self, mesh: Any, c2w: np.ndarray, fov: float, light_dir: Any) -> np.ndarray:
         self._upload(mesh)
 
         w2c = np.linalg.inv(c2w)

@@ -205,12 +205,14 @@ def _a(phrase: str) -> str:
     return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
 
 
-def caption_of(attributes: dict) -> str:
-    """The caption of an attribute dict, e.g. "a small red cube with an orange nose"."""
+def caption_of(attributes: dict, size_word: bool = True) -> str:
+    """The caption of an attribute dict, e.g. "a small red cube with an orange nose" ("a red cube with an
+    orange nose" with ``size_word=False``: people leave attributes out, and a world whose single objects
+    always name their size teaches a model that a caption without one means a two-object scene)."""
     a = attributes
     if a.get("second_shape"):
         return f"{_a(a['color'] + ' ' + a['shape'])} and {_a(a['second_color'] + ' ' + a['second_shape'])}"
-    text = _a(f"{a['size']} {a['color']} {a['shape']}")
+    text = _a(f"{a['size']} {a['color']} {a['shape']}" if size_word else f"{a['color']} {a['shape']}")
     if a.get("feature"):
         text += f" with {_a(a['feature_color'] + ' ' + a['feature'])}"
     return text
@@ -279,6 +281,7 @@ def make_asset(
     features: Sequence[str] | None = None,
     p_feature: float = 0.5,
     p_pair: float = 0.25,
+    size_word: bool = True,
 ) -> tuple[Any, str, dict]:
     """One random captioned asset.
 
@@ -287,6 +290,7 @@ def make_asset(
         colors, shapes, features: allowed concepts (default: all of ``COLORS``, ``SHAPES``, ``FEATURES``).
         p_feature: probability that a single object has a front feature.
         p_pair: probability of a two-object scene.
+        size_word: whether the caption of a single object names its size.
 
     Returns:
         ``(mesh, caption, attributes)``: a ``trimesh.Trimesh`` with vertex colours (world units, centred
@@ -296,7 +300,7 @@ def make_asset(
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     attributes = make_attributes(rng, colors, shapes, features, p_feature, p_pair)
-    return build_mesh(attributes), caption_of(attributes), attributes
+    return build_mesh(attributes), caption_of(attributes, size_word), attributes
 
 
 def view_name(azimuth: float) -> str:
@@ -320,6 +324,7 @@ def make_image_sample(
     p_view: float = 0.5,
     p_feature: float = 0.5,
     p_pair: float = 0.25,
+    size_word: bool = True,
 ) -> tuple[Any, str, dict, dict]:
     """One 2D image-text sample: ``(mesh, caption, attributes, camera)``.
 
@@ -330,7 +335,8 @@ def make_image_sample(
 
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    mesh, caption, attributes = make_asset(rng, colors, shapes, p_feature=p_feature, p_pair=p_pair)
+    mesh, caption, attributes = make_asset(rng, colors, shapes, p_feature=p_feature, p_pair=p_pair,
+                                           size_word=size_word)
     az = float(rng.uniform(0.0, 360.0))
     el = float(rng.uniform(*elevation_range))
     fov = float(rng.uniform(*fov_range))
@@ -384,13 +390,16 @@ def generate_world(
     p_feature: float = 0.5,
     p_pair: float = 0.25,
     p_view: float = 0.5,
+    p_size_word: float = 0.5,
     progress: bool = True,
 ) -> dict:
     """Write the synthetic world (see the module docstring for the layout). Resumable.
 
     Asset ``i`` is drawn from ``numpy.random.default_rng([seed, 3, i])`` and image ``i`` from
     ``default_rng([seed, 2, i])``, so every item depends only on the seed and its index (not on the
-    counts). 3D assets use only the concepts that are not held out; 2D images use all of them.
+    counts). 3D assets use only the concepts that are not held out; 2D images use all of them. A single
+    object's caption names its size with probability ``p_size_word``, drawn from a stream of its own
+    (``[seed, 4, i]`` for assets, ``[seed, 5, i]`` for images), so the meshes and renders do not depend on it.
 
     Returns:
         The content of ``world.json``.
@@ -406,6 +415,8 @@ def generate_world(
         raise ValueError(f"counts must be >= 0, got num_3d={num_3d}, num_2d={num_2d}")
     if views < 1 or size < 1 or image_size < 1:
         raise ValueError(f"views, size and image_size must be >= 1, got {views}, {size}, {image_size}")
+    if not 0.0 <= p_size_word <= 1.0:
+        raise ValueError(f"p_size_word must be in [0, 1], got {p_size_word}")
     held_c = _check_names("held-out colors", held_out_colors, list(COLORS))
     held_s = _check_names("held-out shapes", held_out_shapes, list(SHAPES))
     colors_3d = [c for c in COLORS if c not in held_c]
@@ -438,6 +449,7 @@ def generate_world(
         "p_feature": p_feature,
         "p_pair": p_pair,
         "p_view": p_view,
+        **({"p_size_word": p_size_word} if p_size_word != 1.0 else {}),  # worlds made before it: always 1
     }
     world_path = root / "world.json"
     if world_path.is_file():
@@ -458,7 +470,9 @@ def generate_world(
     rows, paths, extra = [], [], {}
     for i in range(num_3d):
         rng = np.random.default_rng([int(seed), 3, i])
-        mesh, caption, attributes = make_asset(rng, colors_3d, shapes_3d, p_feature=p_feature, p_pair=p_pair)
+        size_word = bool(np.random.default_rng([int(seed), 4, i]).random() < p_size_word)
+        mesh, caption, attributes = make_asset(rng, colors_3d, shapes_3d, p_feature=p_feature, p_pair=p_pair,
+                                               size_word=size_word)
         aid = f"asset_{i:05d}"
         ply = assets_dir / f"{aid}.ply"
         if not ply.is_file():
@@ -489,6 +503,7 @@ def generate_world(
         mesh, caption, attributes, cam = make_image_sample(
             rng, elevation_range=elevation_range, fov_range=image_fov_range, distance_range=distance_range,
             p_view=p_view, p_feature=p_feature, p_pair=p_pair,
+            size_word=bool(np.random.default_rng([int(seed), 5, i]).random() < p_size_word),
         )
         iid = f"img_{i:05d}"
         png = img_dir / f"{iid}.png"
@@ -544,6 +559,9 @@ def add_synth_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--holdout-shapes", nargs="*", default=list(DEFAULT_HELD_OUT_SHAPES), metavar="SHAPE",
                    help=f"shapes only in the 2D set (default {' '.join(DEFAULT_HELD_OUT_SHAPES)}; "
                         f"known: {' '.join(SHAPES)})")
+    p.add_argument("--p-size-word", type=float, default=0.5,
+                   help="probability that a single object's caption names its size (default 0.5; 1 = always, "
+                        "as in worlds made before this option)")
     p.set_defaults(func=cmd_synth)
     return p
 
@@ -556,6 +574,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             args.out, num_3d=args.num_3d, num_2d=args.num_2d, views=args.views, size=args.size,
             image_size=args.image_size, seed=args.seed, workers=args.workers,
             held_out_colors=args.holdout_colors, held_out_shapes=args.holdout_shapes,
+            p_size_word=args.p_size_word,
         )
     c = world["counts"]
     print(
