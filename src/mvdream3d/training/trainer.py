@@ -188,6 +188,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     rank, world = accel.process_index, accel.num_processes
+    if t.mixed_precision == "auto":
+        accel.print(f"mixed precision: auto -> {precision}"
+                    + ("" if precision == "bf16" else " (no native bf16 on this device; emulated bf16 is slower)"))
     if accel.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK):
