@@ -35,12 +35,11 @@ def _cpu_flags() -> frozenset[str]:
 def has_native_bf16(device: torch.device | str = "cpu") -> bool:
     """Whether bf16 matmuls are fast on ``device``: a CUDA GPU that supports bf16, or a CPU with
     AVX512-BF16 or AMX units. Without them PyTorch emulates bf16 on the CPU, which is 10-30x slower than
-    fp32 (measured: 0.07 against 2 training steps/s of the built-in recipe on an AVX2-only EPYC)."""
+    fp32 (measured: 0.066 against 0.87 fp32 training steps/s of the built-in recipe on an AVX2-only EPYC)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    flags = _cpu_flags()
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
 def resolve_mixed_precision(mode: str | bool, device: torch.device | str = "cpu") -> str:

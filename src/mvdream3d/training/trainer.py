@@ -31,9 +31,10 @@ from tqdm.auto import tqdm
 
 from ..builtin import DEFAULT_MODEL, builtin_weights_path
 from ..checkpoints import read_checkpoint, split_state_dict, write_checkpoint
+from ..devices import resolve_mixed_precision
 from ..models.model import MVDreamModel, build_model, load_model, resolve_config
 from ..signals import StopOnSignal
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig, TrainSection, config_from_dict
 
 CKPT_DIR = "checkpoints"
 
@@ -171,8 +172,6 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
 
     out = Path(cfg.output.dir)
     t = cfg.train
-    from ..devices import resolve_mixed_precision
-
     precision = resolve_mixed_precision(t.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     if precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
@@ -329,7 +328,7 @@ def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict
     return (weights * per_sample).mean()
 
 
-def lr_factor(t: Any, step: int) -> float:
+def lr_factor(t: TrainSection, step: int) -> float:
     """Learning-rate multiplier after ``step`` optimiser steps: linear warm-up over ``warmup_steps``, then
     constant, or a linear / cosine decay to ``min_lr_ratio`` at ``steps``."""
     warm = max(1, t.warmup_steps)
