@@ -364,6 +364,29 @@ def test_collate_multiview_and_2d(mv_root, tmp_path):
         collate_multiview([items[0], {**items[1], "cameras": None}])
 
 
+def test_feature_masks_load_resize_and_collate(tmp_path):
+    with_masks = make_asset(tmp_path, "featured", num_views=4)
+    make_asset(tmp_path, "plain", num_views=4)  # no feature: no mask files, zero weights
+    for v in range(4):
+        m = np.zeros((SRC, SRC), np.uint8)
+        m[: SRC // 2, : SRC // 2] = 255 if v == 0 else 0  # the front view sees the feature in its top-left quarter
+        Image.fromarray(m, "L").save(with_masks / f"feature_{v:03d}.png")
+    ds = MultiViewDataset(tmp_path, num_views=4, image_size=8, fixed_start=0, feature_masks=True)
+    featured, plain = ds.get("featured"), ds.get("plain")
+    w = featured["feature_weights"]
+    assert w.shape == (4, 8, 8) and w.dtype == torch.float32
+    torch.testing.assert_close(w[0, :4, :4], torch.ones(4, 4))
+    assert float(w[0].sum()) == 16.0 and float(w[1:].sum()) == 0.0
+    assert float(plain["feature_weights"].abs().sum()) == 0.0
+    batch = collate_multiview([featured, plain])
+    assert batch["feature_weights"].shape == (8, 8, 8)
+    assert "feature_weights" not in MultiViewDataset(tmp_path, num_views=4, image_size=8).get("featured")
+    empty = tmp_path / "nomasks"
+    make_asset(empty, "a", num_views=4)
+    with pytest.raises(ValueError, match="mvdream3d synth"):
+        MultiViewDataset(empty, num_views=4, image_size=8, feature_masks=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # image-text dataset
 # ----------------------------------------------------------------------------------------------

@@ -227,3 +227,51 @@ def test_size_words_are_optional_and_leave_the_renders_alone(renderer, tmp_path)
         assert np.abs(i1 - i2).mean() < 1.0  # the same picture (up to the rasteriser's edge pixels)
     with pytest.raises(ValueError, match="p_size_word"):
         _generate(tmp_path / "bad", p_size_word=1.5)
+
+
+def test_cli_sets_feature_and_pair_rates(renderer, tmp_path):
+    parser = argparse.ArgumentParser()
+    S.add_synth_subparser(parser.add_subparsers())
+    args = parser.parse_args([
+        "synth", "--out", str(tmp_path / "w"), "--num-3d", "8", "--num-2d", "0", "--views", "2", "--size", "16",
+        "--seed", "1", "--p-feature", "1", "--p-pair", "0",
+    ])
+    assert args.func(args) == 0
+    world = json.loads((tmp_path / "w" / "world.json").read_text())
+    assert world["p_feature"] == 1.0 and world["p_pair"] == 0.0
+    rows = [json.loads(x) for x in (tmp_path / "w" / "assets" / "attributes.jsonl").read_text().splitlines()]
+    for r in rows:  # no pairs; every single object that can carry a feature does
+        a = r["attributes"]
+        assert a["second_shape"] is None
+        assert (a["feature"] is not None) == (a["shape"] not in S.SHAPES_WITHOUT_FEATURE)
+    for bad in ("--p-feature", "--p-pair"):
+        args = parser.parse_args(["synth", "--out", str(tmp_path / "bad"), "--num-3d", "1", bad, "1.5"])
+        with pytest.raises(ValueError, match=bad[2:].replace("-", "_")):
+            args.func(args)
+
+
+def test_feature_masks_mark_the_feature_in_front_views_only(renderer, tmp_path):
+    world = _generate(tmp_path / "w", num_3d=6, num_2d=0, views=4, p_feature=1.0, p_pair=0.0)
+    root = tmp_path / "w"
+    rows = [json.loads(x) for x in (root / "assets" / "attributes.jsonl").read_text().splitlines()]
+    featured = [r for r in rows if r["attributes"]["feature"]]
+    assert featured and world["counts"]["feature_masks_written"] == 4 * len(featured)
+    for r in rows:
+        folder = root / "multiview" / r["id"]
+        meta = json.loads((folder / "meta.json").read_text())
+        masks = sorted(folder.glob("feature_*.png"))
+        if not r["attributes"]["feature"]:
+            assert not masks
+            continue
+        assert [m.name for m in masks] == [S.feature_mask_name(v["file"]) for v in meta["views"]]
+        area = {}
+        for v in meta["views"]:
+            m = np.asarray(Image.open(folder / S.feature_mask_name(v["file"])))
+            assert m.shape == (32, 32) and set(np.unique(m)) <= {0, 255}
+            area[round(v["azimuth"]) % 360] = int((m > 0).sum())
+        front = min(area, key=lambda a: min(a, 360 - a))
+        back = max(area, key=lambda a: min(a, 360 - a))
+        assert area[front] > 0 and area[back] == 0  # seen from the front (azimuth ~0), hidden from behind
+    # re-running keeps the masks and writes none
+    again = _generate(tmp_path / "w", num_3d=6, num_2d=0, views=4, p_feature=1.0, p_pair=0.0)
+    assert again["counts"]["feature_masks_written"] == 0

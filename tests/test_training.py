@@ -337,3 +337,41 @@ def test_lr_schedules(tmp_path, data):
     out = train(config_from_dict(raw))
     lrs = [json.loads(x)["lr"] for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert lrs[0] > lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_feature_loss_weight_weighs_masked_pixels_and_needs_masks(tmp_path, data):
+    from mvdream3d.models.model import build_model
+    from mvdream3d.training.trainer import _loss, step_generator, train
+
+    raw = {"model": {"config": TINY_PIXEL_MODEL}, "data": {"multiview": "x", "caption_dropout": 0}}
+    plain = config_from_dict(raw)
+    weighted = config_from_dict({**raw, "train": {"feature_loss_weight": 9.0}})
+    torch.manual_seed(0)
+    model = build_model(TINY_PIXEL_MODEL)
+    batch = {"images": torch.rand(8, 3, 16, 16) * 2 - 1, "cameras": cameras.get_camera(4).repeat(2, 1),
+             "captions": ["a", "b"], "num_frames": 4}
+    masks = torch.zeros(8, 16, 16)
+    masks[0, 5:9, 5:9] = 1.0
+
+    def loss(cfg, b):
+        return _loss(model, model.unet, model.noise_schedule, b, cfg, step_generator(0, 0, 0), torch.device("cpu"))
+
+    base = loss(plain, batch)
+    torch.testing.assert_close(loss(weighted, batch), base)  # no masks in the batch: plain MSE
+    torch.testing.assert_close(loss(plain, {**batch, "feature_weights": masks}), base)  # weight 0: plain
+    zero = loss(weighted, {**batch, "feature_weights": torch.zeros(8, 16, 16)})
+    torch.testing.assert_close(zero, base)
+    assert loss(weighted, {**batch, "feature_weights": masks}) > base
+    with pytest.raises(ConfigError, match="feature_loss_weight"):
+        config_from_dict({**raw, "train": {"feature_loss_weight": -1}})
+    # the training data has no feature masks: the run stops with the fix, before any step
+    with pytest.raises(ValueError, match="feature_XXX.png"):
+        train(config_from_dict(_config(tmp_path, data, steps=1, feature_loss_weight=5.0)))
+    mv, _ = data
+    for folder in Path(mv).iterdir():
+        for v in range(8):
+            m = np.zeros((16, 16), np.uint8)
+            m[4:8, 4 + v % 4] = 255
+            Image.fromarray(m, "L").save(folder / f"feature_{v:03d}.png")
+    out = train(config_from_dict(_config(tmp_path, data, steps=2, feature_loss_weight=5.0)))
+    assert all(np.isfinite(json.loads(x)["loss"]) for x in (out / "train_log.jsonl").read_text().splitlines())

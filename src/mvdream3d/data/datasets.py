@@ -491,6 +491,7 @@ class MultiViewDataset(_StreamingDataset):
         world_size: int | None = None,
         drop_remainder: bool = True,
         validate: bool = True,
+        feature_masks: bool = False,
     ) -> None:
         super().__init__(seed, epochs, rank, world_size)
         if isinstance(num_views, bool) or int(num_views) != num_views or num_views < 1:
@@ -516,6 +517,12 @@ class MultiViewDataset(_StreamingDataset):
         self.roots = roots
         self.asset_ids: list[str] = list(self._folders)
         self._camera_mismatch_warned = False
+        self.feature_masks = bool(feature_masks)
+        if self.feature_masks and not any(any(f.glob("feature_*.png")) for f in list(self._folders.values())[:200]):
+            raise ValueError(
+                f"feature masks were asked for (train.feature_loss_weight > 0) but {self.root} has no "
+                "feature_XXX.png files: re-run the same `mvdream3d synth` command to add them (the renders are kept)"
+            )
 
     _LAYOUT_HINT = (
         "it should contain one sub-folder per asset, each with meta.json ({'caption', 'views': [{'file', "
@@ -616,13 +623,33 @@ class MultiViewDataset(_StreamingDataset):
         cameras = c2w_to_model_camera(torch.from_numpy(c2w[chosen]))
         self._check_stored_cameras(asset_id, views, chosen, cameras)
         attributes = meta.get("attributes") or {}
-        return {
+        item = {
             "images": torch.from_numpy(images),
             "cameras": cameras.float(),
             "caption": caption,
             "asset_id": asset_id,
             "attributes": dict(attributes) if isinstance(attributes, dict) else {},
         }
+        if self.feature_masks:
+            item["feature_weights"] = torch.from_numpy(
+                np.stack([self._load_mask(folder, views[i]["file"]) for i in chosen]))
+        return item
+
+    def _load_mask(self, folder: Path, view_file: str) -> np.ndarray:
+        """(size, size) float32 in [0, 1]: the feature's pixel coverage in this view (0 without a mask file)."""
+        from .synth import feature_mask_name
+
+        path = folder / feature_mask_name(view_file)
+        if not path.is_file():
+            return np.zeros((self.image_size, self.image_size), np.float32)
+        with Image.open(path) as img:
+            m = img.convert("L")
+            side = min(m.size)
+            if m.size[0] != m.size[1]:  # the views' centre crop
+                left, top = (m.size[0] - side) // 2, (m.size[1] - side) // 2
+                m = m.crop((left, top, left + side, top + side))
+            m = m.resize((self.image_size, self.image_size), Image.BOX)
+            return np.asarray(m, np.float32) / 255.0
 
     def _check_stored_cameras(self, asset_id: str, views: list, chosen: list[int], cameras: torch.Tensor) -> None:
         if self._camera_mismatch_warned:
@@ -1152,7 +1179,8 @@ def collate_multiview(items: Sequence[dict]) -> dict:
 
     Returns:
         ``{"images": (B*F, 3, H, W), "cameras": (B*F, 16) or None (2D items), "captions": [B str],
-        "num_frames": F}``, plus ``"asset_ids"`` / ``"attributes"`` / ``"ids"`` lists when the items
+        "num_frames": F}``, plus ``"feature_weights"`` (B*F, H, W) when every item has them, and
+        ``"asset_ids"`` / ``"attributes"`` / ``"ids"`` lists when the items
         have them. Views of object b are rows ``b*F .. b*F + F - 1``.
     """
     if not items:
@@ -1182,6 +1210,8 @@ def collate_multiview(items: Sequence[dict]) -> dict:
         "captions": [str(it["caption"]) for it in items],
         "num_frames": num_frames,
     }
+    if all("feature_weights" in it for it in items):
+        batch["feature_weights"] = torch.cat([torch.as_tensor(it["feature_weights"]) for it in items], dim=0)
     for key, out in (("asset_id", "asset_ids"), ("attributes", "attributes"), ("id", "ids")):
         if all(key in it for it in items):
             batch[out] = [it[key] for it in items]

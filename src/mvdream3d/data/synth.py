@@ -26,6 +26,7 @@ Layout of ``generate_world(out)``::
     out/assets/<id>.ply, <id>.txt    mesh (vertex colours) and caption
     out/assets/attributes.jsonl      {"id", "file", "caption", "attributes"} per asset
     out/multiview/<id>/              rgba_XXX.png + meta.json (render format, plus "attributes")
+    out/multiview/<id>/feature_XXX.png  objects with a front feature: where view XXX sees it (L, 255 = feature)
     out/image_text/<id>.png, .txt    RGB image on white + caption
     out/image_text/captions.jsonl    {"file", "caption", "attributes"} per image
 
@@ -372,6 +373,60 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
+def feature_mask_mesh(mesh: Any, attributes: dict) -> Any:
+    """A copy of ``mesh`` that is white where the front feature is and black elsewhere (by vertex colour:
+    the feature is the only part in ``attributes["feature_color"]``)."""
+    m = mesh.copy()
+    vc = np.array(m.visual.vertex_colors, copy=True)
+    is_feature = np.all(vc[:, :3] == np.asarray(COLORS[attributes["feature_color"]], np.uint8), axis=1)
+    vc[:, :3] = np.where(is_feature[:, None], 255, 0).astype(np.uint8)
+    m.visual.vertex_colors = vc
+    return m
+
+
+def feature_mask_name(view_file: str) -> str:
+    """The mask file of a view: ``rgba_003.png`` -> ``feature_003.png``."""
+    return "feature_" + view_file.removeprefix("rgba_")
+
+
+def write_feature_masks(multiview_dir: str | os.PathLike, rows: Sequence[dict], meshes_dir: str | os.PathLike,
+                        progress: bool = False) -> int:
+    """For each asset with a front feature, write ``feature_XXX.png`` (uint8 L: 255 where the view sees the
+    feature, 0 elsewhere) beside every ``rgba_XXX.png``, rendered with the view's own camera. Training uses
+    them to weight the loss on the feature's pixels (``train.feature_loss_weight``). Existing masks are
+    kept (resumable). Returns the number of masks written."""
+    import io
+
+    import trimesh
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    mv, meshes = Path(multiview_dir), Path(meshes_dir)
+    written = 0
+    featured = [r for r in rows if r["attributes"].get("feature")]
+    renderer = None
+    for r in tqdm(featured, desc="feature masks", unit="asset", disable=not progress):
+        folder = mv / r["id"]
+        meta_path = folder / "meta.json"
+        if not meta_path.is_file():
+            continue
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        todo = [v for v in meta["views"] if not (folder / feature_mask_name(v["file"])).is_file()]
+        if not todo:
+            continue
+        if renderer is None or renderer.width != int(meta["size"]):
+            renderer = _shared_renderer(int(meta["size"]))
+        mesh = feature_mask_mesh(trimesh.load(meshes / r["file"], process=False), r["attributes"])
+        for v in todo:
+            img = renderer.render(mesh, np.asarray(v["c2w"], np.float64), float(v["fov_deg"]))
+            lit = (img[..., :3].max(-1) > 20) & (img[..., 3] > 0)
+            buf = io.BytesIO()
+            Image.fromarray((lit * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
+            _atomic_write_bytes(folder / feature_mask_name(v["file"]), buf.getvalue())
+            written += 1
+    return written
+
+
 def generate_world(
     out: str | os.PathLike,
     num_3d: int = 200,
@@ -415,8 +470,10 @@ def generate_world(
         raise ValueError(f"counts must be >= 0, got num_3d={num_3d}, num_2d={num_2d}")
     if views < 1 or size < 1 or image_size < 1:
         raise ValueError(f"views, size and image_size must be >= 1, got {views}, {size}, {image_size}")
-    if not 0.0 <= p_size_word <= 1.0:
-        raise ValueError(f"p_size_word must be in [0, 1], got {p_size_word}")
+    for name, value in (("p_size_word", p_size_word), ("p_feature", p_feature), ("p_pair", p_pair),
+                        ("p_view", p_view)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
     held_c = _check_names("held-out colors", held_out_colors, list(COLORS))
     held_s = _check_names("held-out shapes", held_out_shapes, list(SHAPES))
     colors_3d = [c for c in COLORS if c not in held_c]
@@ -492,6 +549,8 @@ def generate_world(
             distance_range=tuple(distance_range), seed=int(seed), normalize=False, radius=WORLD_RADIUS,
         )
 
+    masks = write_feature_masks(root / "multiview", rows, assets_dir, progress=progress) if paths else 0
+
     # 2D image-text set
     img_dir = ensure_writable_dir(root / "image_text")
     renderer = _shared_renderer(image_size) if num_2d else None
@@ -523,7 +582,7 @@ def generate_world(
         complete=not mv["failed"],
         counts={
             "assets": num_3d, "multiview_rendered": len(mv["rendered"]), "multiview_skipped": len(mv["skipped"]),
-            "multiview_failed": len(mv["failed"]), "images": num_2d,
+            "multiview_failed": len(mv["failed"]), "feature_masks_written": masks, "images": num_2d,
         },
         seconds=round(time.perf_counter() - t0, 2),
     )
@@ -562,6 +621,10 @@ def add_synth_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--p-size-word", type=float, default=0.5,
                    help="probability that a single object's caption names its size (default 0.5; 1 = always, "
                         "as in worlds made before this option)")
+    p.add_argument("--p-feature", type=float, default=0.5,
+                   help="probability that a single object has a front feature (nose or horn; default 0.5)")
+    p.add_argument("--p-pair", type=float, default=0.25,
+                   help="probability that an asset or image is a two-object scene (default 0.25)")
     p.set_defaults(func=cmd_synth)
     return p
 
@@ -574,7 +637,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             args.out, num_3d=args.num_3d, num_2d=args.num_2d, views=args.views, size=args.size,
             image_size=args.image_size, seed=args.seed, workers=args.workers,
             held_out_colors=args.holdout_colors, held_out_shapes=args.holdout_shapes,
-            p_size_word=args.p_size_word,
+            p_size_word=args.p_size_word, p_feature=args.p_feature, p_pair=args.p_pair,
         )
     c = world["counts"]
     print(

@@ -237,12 +237,7 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
 
 def _feature_mask_mesh(mesh: Any, attributes: dict) -> Any:
     """A copy of ``mesh`` that is white where the front feature is and black elsewhere."""
-    m = mesh.copy()
-    vc = np.array(m.visual.vertex_colors, copy=True)
-    is_feature = np.all(vc[:, :3] == np.asarray(synth.COLORS[attributes["feature_color"]], np.uint8), axis=1)
-    vc[:, :3] = np.where(is_feature[:, None], 255, 0).astype(np.uint8)
-    m.visual.vertex_colors = vc
-    return m
+    return synth.feature_mask_mesh(mesh, attributes)
 
 
 def feature_area(renderer: Any, mask_mesh: Any, c2w: np.ndarray, fov_deg: float, input_size: int) -> float:

@@ -70,6 +70,9 @@ class TrainSection:
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"  # no | auto | bf16 | fp16 (GPU only)
     min_snr_gamma: float = 0.0  # > 0: Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0 = plain MSE
+    # > 0: multi-view pixels on the front feature weigh 1 + this in the loss (needs the world's
+    # feature_XXX.png masks); the feature is a few pixels, so without it the camera barely matters to the loss
+    feature_loss_weight: float = 0.0
     seed: int = 0
 
 
@@ -153,6 +156,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)", t.grad_clip)
     _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1) (0 disables EMA)", t.ema_decay)
     _check(t.min_snr_gamma >= 0, "train.min_snr_gamma", "must be >= 0 (0 disables it)", t.min_snr_gamma)
+    _check(t.feature_loss_weight >= 0, "train.feature_loss_weight", "must be >= 0 (0 disables it)",
+           t.feature_loss_weight)
     if t.mixed_precision is False:  # YAML reads a bare `no` as False
         t.mixed_precision = "no"
     _check(t.mixed_precision in ("no", "auto", "bf16", "fp16"), "train.mixed_precision",

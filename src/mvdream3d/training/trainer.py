@@ -147,7 +147,7 @@ def _data_streams(cfg: TrainConfig, rank: int, world: int, data_state: dict[str,
     if d.multiview is not None:
         datasets["mv"] = MultiViewDataset(d.multiview, num_views=d.num_views, image_size=d.image_size,
                                           background=d.background, seed=cfg.train.seed, rank=rank,
-                                          world_size=world)
+                                          world_size=world, feature_masks=cfg.train.feature_loss_weight > 0)
     if d.image_text is not None and d.p_2d > 0:
         datasets["2d"] = ImageTextDataset(d.image_text, image_size=d.image_size, background=d.background,
                                           seed=cfg.train.seed + 1, rank=rank, world_size=world)
@@ -321,9 +321,18 @@ def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict
     if context is not None:
         context = context.repeat_interleave(f, dim=0)
     pred = unet(x_t, t, context=context, camera=camera, num_frames=f)
-    if cfg.train.min_snr_gamma <= 0:
+    masks = batch.get("feature_weights")
+    if cfg.train.min_snr_gamma <= 0 and (masks is None or cfg.train.feature_loss_weight <= 0):
         return F.mse_loss(pred.float(), target.float())
-    per_sample = (pred.float() - target.float()).square().flatten(1).mean(1)
+    sq = (pred.float() - target.float()).square()
+    if masks is not None and cfg.train.feature_loss_weight > 0:
+        m = masks.to(sq.device, torch.float32)[:, None]
+        if m.shape[-2:] != sq.shape[-2:]:  # latent models: the mask's coverage of each latent pixel
+            m = F.interpolate(m, size=sq.shape[-2:], mode="area")
+        sq = sq * (1.0 + cfg.train.feature_loss_weight * m)
+    per_sample = sq.flatten(1).mean(1)
+    if cfg.train.min_snr_gamma <= 0:
+        return per_sample.mean()
     weights = min_snr_weights(schedule, t, cfg.train.min_snr_gamma).to(per_sample.device)
     return (weights * per_sample).mean()
 
