@@ -73,9 +73,41 @@ def chamfer(mesh_a, mesh_b) -> float:
     return float(cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean())
 
 
+def _verdict(views: np.ndarray, classifier, prompt) -> dict:
+    """Classify views in azimuth order (V, H, W, 3 uint8): prompt right in the 4 fixed views (azimuth
+    0/90/180/270: shape and colour), and per view whether the front feature is seen."""
+    from mvdream3d.evaluation.classifier import to_input_array
+
+    pred = classifier.predict(to_input_array(views, classifier.input_size))
+    n = len(views)
+    a = prompt.attributes
+    ok = [pred["shape_name"][i] == a["shape"] and pred["color_name"][i] == a["color"]
+          for i in (0, n // 4, n // 2, 3 * n // 4)]
+    return {"prompt_ok": bool(all(ok)), "views_ok": int(sum(ok)), "visible": [bool(x) for x in pred["visible"]]}
+
+
+def _mesh_views(mesh, n_azimuths: int = 36, size: int = 64) -> np.ndarray:
+    """Renders of a mesh by the world's rasteriser, as the ground truth is rendered (elevation 15, the
+    pipeline's field of view, the world recipe's distance), at ``n_azimuths`` azimuths."""
+    from mvdream3d.cameras import DEFAULT_FOVY_DEG
+    from mvdream3d.data.render import Renderer
+    from mvdream3d.evaluation.classifier import render_views
+
+    az = list(np.arange(n_azimuths) * (360.0 / n_azimuths))
+    with Renderer(size) as renderer:
+        return render_views(renderer, mesh, [15.0] * n_azimuths, az, [DEFAULT_FOVY_DEG] * n_azimuths)
+
+
+def ground_truth_mesh(prompt):
+    """The prompt's ground-truth mesh (open attributes drawn with seed 0)."""
+    from mvdream3d.data import synth
+    from mvdream3d.evaluation.evaluate import fill_open_attributes
+
+    return synth.build_mesh(fill_open_attributes(prompt.attributes, np.random.default_rng(0)))
+
+
 def measure_field(run, classifier, prompt, n_azimuths: int = 36, size: int = 64) -> dict:
     from mvdream3d.cameras import camera_distance_for_fov, orbit_c2w
-    from mvdream3d.evaluation.classifier import to_input_array
     from mvdream3d.threed.renderer import render_views
 
     e = run.cfg.export
@@ -83,13 +115,8 @@ def measure_field(run, classifier, prompt, n_azimuths: int = 36, size: int = 64)
     dist = camera_distance_for_fov(e.fovy, run.cfg.geometry.radius * 0.9)
     c2w = orbit_c2w(torch.full_like(az, e.elevation), az, torch.full_like(az, float(dist))).float()
     rgb = render_views(run.geometry, run.material, run.background, run.renderer, c2w, e.fovy, size)["comp_rgb"]
-    views = (rgb.clamp(0, 1) * 255).round().byte().cpu().numpy()
-    pred = classifier.predict(to_input_array(views, classifier.input_size))
-    fixed = [0, n_azimuths // 4, n_azimuths // 2, 3 * n_azimuths // 4]
-    a = prompt.attributes
-    ok = [pred["shape_name"][i] == a["shape"] and pred["color_name"][i] == a["color"] for i in fixed]
-    return {**fronts_verdict(pred["visible"]), "prompt_ok": bool(all(ok)), "views_ok": int(sum(ok)),
-            "visible": [bool(x) for x in pred["visible"]]}
+    v = _verdict((rgb.clamp(0, 1) * 255).round().byte().cpu().numpy(), classifier, prompt)
+    return {**fronts_verdict(v["visible"]), **v}
 
 
 def measure_mesh(mesh, gt_mesh, classifier, prompt, n_azimuths: int = 36, size: int = 64) -> dict:
@@ -97,44 +124,23 @@ def measure_mesh(mesh, gt_mesh, classifier, prompt, n_azimuths: int = 36, size: 
     scaled so that its bounding box has the ground-truth mesh's centre and diagonal, then rendered by the
     world's rasteriser at 36 azimuths (elevation 15). Unlike the field renders it has no semi-transparent
     haze (floaters are removed at export), which the classifier can read as a feature from every side."""
-    from mvdream3d.cameras import DEFAULT_FOVY_DEG
-    from mvdream3d.data.render import Renderer
-    from mvdream3d.evaluation.classifier import render_views, to_input_array
-
     m = mesh.copy()
     lo, hi = m.bounds
     glo, ghi = gt_mesh.bounds
     m.apply_translation(-(lo + hi) / 2)
     m.apply_scale(float(np.linalg.norm(ghi - glo) / max(np.linalg.norm(hi - lo), 1e-9)))
     m.apply_translation((glo + ghi) / 2)
-    az = list(np.arange(n_azimuths) * (360.0 / n_azimuths))
-    with Renderer(size) as renderer:
-        views = render_views(renderer, m, [15.0] * n_azimuths, az, [DEFAULT_FOVY_DEG] * n_azimuths)
-    pred = classifier.predict(to_input_array(views, classifier.input_size))
-    fixed = [0, n_azimuths // 4, n_azimuths // 2, 3 * n_azimuths // 4]
-    a = prompt.attributes
-    ok = [pred["shape_name"][i] == a["shape"] and pred["color_name"][i] == a["color"] for i in fixed]
-    return {"prompt_ok": bool(all(ok)), "views_ok": int(sum(ok)), "visible": [bool(x) for x in pred["visible"]]}
+    return _verdict(_mesh_views(m, n_azimuths, size), classifier, prompt)
 
 
 def ground_truth_row(prompt, classifier, n_azimuths: int = 36, size: int = 64) -> dict:
     """The ceiling: the same verdict on renders of the prompt's ground-truth mesh (36 azimuths, elevation 15)."""
-    from mvdream3d.cameras import DEFAULT_FOVY_DEG
-    from mvdream3d.data import synth
-    from mvdream3d.data.render import Renderer
-    from mvdream3d.evaluation.classifier import render_views, to_input_array
-    from mvdream3d.evaluation.evaluate import fill_open_attributes
-
-    mesh = synth.build_mesh(fill_open_attributes(prompt.attributes, np.random.default_rng(0)))
-    az = list(np.arange(n_azimuths) * (360.0 / n_azimuths))
-    with Renderer(size) as renderer:
-        views = render_views(renderer, mesh, [15.0] * n_azimuths, az, [DEFAULT_FOVY_DEG] * n_azimuths)
-    pred = classifier.predict(to_input_array(views, classifier.input_size))
-    fixed = [0, n_azimuths // 4, n_azimuths // 2, 3 * n_azimuths // 4]
-    a = prompt.attributes
-    ok = [pred["shape_name"][i] == a["shape"] and pred["color_name"][i] == a["color"] for i in fixed]
     return {"prompt": prompt.text, "method": "ground truth", "seed": None, "seconds": 0.0, "chamfer": 0.0,
-            "prompt_ok": bool(all(ok)), "views_ok": int(sum(ok)), "visible": [bool(x) for x in pred["visible"]]}
+            **_verdict(_mesh_views(ground_truth_mesh(prompt), n_azimuths, size), classifier, prompt)}
+
+
+def _mean(xs: list) -> str:
+    return f"{np.mean(xs):.2f}" if xs else "n/a"
 
 
 def results_table(rows: list[dict], methods: list[str]) -> str:
@@ -152,15 +158,11 @@ def results_table(rows: list[dict], methods: list[str]) -> str:
         # the ground truth is a mesh: its mesh columns are its own row
         ms = [r["mesh"] if "mesh" in r else r for r in rs if "mesh" in r or method == "ground truth"]
         mv = [fronts_verdict(m["visible"]) for m in ms]
-
-        def mean(xs):
-            return f"{np.mean(xs):.2f}" if len(xs) else "n/a"
-
         lines.append(f"| {method} | {len(rs)} | {np.mean([r['prompt_ok'] for r in rs]):.2f} | "
                      f"{np.mean([v['one_front'] for v in vs]):.2f} | {np.mean([v['janus'] for v in vs]):.2f} | "
                      f"{np.mean([v['everywhere'] for v in vs]):.2f} | {np.mean([v['fronts'] for v in vs]):.2f} | "
-                     f"{mean([m['prompt_ok'] for m in ms])} | {mean([v['one_front'] for v in mv])} | "
-                     f"{mean([v['janus'] for v in mv])} | "
+                     f"{_mean([m['prompt_ok'] for m in ms])} | {_mean([v['one_front'] for v in mv])} | "
+                     f"{_mean([v['janus'] for v in mv])} | "
                      f"{np.mean(ch) if ch else float('nan'):.3f} | {np.mean([r['seconds'] for r in rs]):.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -182,9 +184,7 @@ def main(argv=None) -> int:
     if args.remeasure_meshes:
         import trimesh
 
-        from mvdream3d.data import synth
         from mvdream3d.evaluation.classifier import load_classifier
-        from mvdream3d.evaluation.evaluate import fill_open_attributes
         from mvdream3d.evaluation.prompts import load_prompts
 
         out = Path(args.out)
@@ -195,8 +195,7 @@ def main(argv=None) -> int:
             if r["method"] == "ground truth" or not glb.is_file():
                 continue
             prompt = load_prompts([r["prompt"]])[0]
-            gt = synth.build_mesh(fill_open_attributes(prompt.attributes, np.random.default_rng(0)))
-            r["mesh"] = measure_mesh(trimesh.load(glb, force="mesh"), gt, clf, prompt)
+            r["mesh"] = measure_mesh(trimesh.load(glb, force="mesh"), ground_truth_mesh(prompt), clf, prompt)
         (out / "results.json").write_text(json.dumps(rows, indent=1))
         args.table_only = True
     if args.table_only:
@@ -213,9 +212,7 @@ def main(argv=None) -> int:
         print(table)
         return 0
 
-    from mvdream3d.data import synth
     from mvdream3d.evaluation.classifier import load_classifier
-    from mvdream3d.evaluation.evaluate import fill_open_attributes
     from mvdream3d.evaluation.prompts import load_prompts
     from mvdream3d.pipeline import resolve_model
     from mvdream3d.threed.system import TextTo3D, text_to_3d
@@ -228,7 +225,7 @@ def main(argv=None) -> int:
     rows = []
     for prompt in prompts:
         rows.append(ground_truth_row(prompt, classifier))
-        gt = synth.build_mesh(fill_open_attributes(prompt.attributes, np.random.default_rng(0)))
+        gt = ground_truth_mesh(prompt)
         for seed in args.seeds:
             for method in args.methods:
                 run_dir = out / f"{prompt.text.replace(' ', '_')}" / f"{method}_seed{seed}"

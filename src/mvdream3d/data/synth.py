@@ -384,6 +384,12 @@ def feature_mask_mesh(mesh: Any, attributes: dict) -> Any:
     return m
 
 
+def feature_pixels(render: np.ndarray) -> np.ndarray:
+    """(H, W) bool: where a render (H, W, 4 uint8) of :func:`feature_mask_mesh` shows the feature (lit
+    white, not the black rest of the object, not the transparent background)."""
+    return (render[..., :3].max(-1) > 20) & (render[..., 3] > 0)
+
+
 def feature_mask_name(view_file: str) -> str:
     """The mask file of a view: ``rgba_003.png`` -> ``feature_003.png``."""
     return "feature_" + view_file.removeprefix("rgba_")
@@ -418,8 +424,7 @@ def write_feature_masks(multiview_dir: str | os.PathLike, rows: Sequence[dict], 
             renderer = _shared_renderer(int(meta["size"]))
         mesh = feature_mask_mesh(trimesh.load(meshes / r["file"], process=False), r["attributes"])
         for v in todo:
-            img = renderer.render(mesh, np.asarray(v["c2w"], np.float64), float(v["fov_deg"]))
-            lit = (img[..., :3].max(-1) > 20) & (img[..., 3] > 0)
+            lit = feature_pixels(renderer.render(mesh, np.asarray(v["c2w"], np.float64), float(v["fov_deg"])))
             buf = io.BytesIO()
             Image.fromarray((lit * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
             _atomic_write_bytes(folder / feature_mask_name(v["file"]), buf.getvalue())

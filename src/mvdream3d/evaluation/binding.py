@@ -51,7 +51,7 @@ def binding_cases(num_objects: int, seed: int = 0, size: int = 32, supersample: 
     """
     from ..cameras import DEFAULT_FOVY_DEG, c2w_to_model_camera, create_camera_to_world_matrix
     from ..data.render import Renderer, view_distance
-    from .classifier import _feature_mask_mesh, _on_white
+    from .classifier import _on_white
     from .evaluate import EVAL_ELEVATION
 
     if num_objects < 1:
@@ -74,14 +74,13 @@ def binding_cases(num_objects: int, seed: int = 0, size: int = 32, supersample: 
             rng = np.random.default_rng([int(seed), 11, i])
             a = synth.make_attributes(rng, colors, shapes, p_feature=1.0, p_pair=0.0)
             mesh = synth.build_mesh(a)
-            mask_mesh = _feature_mask_mesh(mesh, a)
+            mask_mesh = synth.feature_mask_mesh(mesh, a)
             imgs, weights = [], []
             for m in c2w:
                 rgb = _on_white(renderer.render(mesh, m, fov)).astype(np.float32)
                 imgs.append(down(rgb) / 127.5 - 1.0)
-                mk = renderer.render(mask_mesh, m, fov)
-                lit = ((mk[..., :3].max(-1) > 20) & (mk[..., 3] > 0)).astype(np.float32)[..., None]
-                weights.append(down(lit)[..., 0])
+                lit = synth.feature_pixels(renderer.render(mask_mesh, m, fov)).astype(np.float32)
+                weights.append(down(lit[..., None])[..., 0])
             plain = {k: (None if k in ("feature", "feature_color") else v) for k, v in a.items()}
             cases.append({
                 "attributes": a, "caption": synth.caption_of(a), "plain_caption": synth.caption_of(plain),
@@ -116,10 +115,12 @@ def feature_binding(
                                          for t in timesteps}
     opposite = [(k + 2) % len(_AZIMUTHS) for k in range(len(_AZIMUTHS))]
     for case in cases:
-        x0 = model.encode_images(case["images"].to(device, dtype))
+        images = case["images"].to(device)
+        x0 = model.encode_images(images.to(dtype))
         f = x0.shape[0]
+        x0_3, images_3 = x0.repeat(3, 1, 1, 1), images.repeat(3, 1, 1, 1)
         w = case["weights"].to(device)[:, None]
-        obj = (case["images"].to(device) < 0.98).any(1, keepdim=True).float() * (1 - w)
+        obj = (images < 0.98).any(1, keepdim=True).float() * (1 - w)
         ctx = model.encode_text([case["caption"], case["plain_caption"]]).to(device, dtype)
         ctx = torch.cat([ctx[:1].expand(f, -1, -1), ctx[1:].expand(f, -1, -1), ctx[:1].expand(f, -1, -1)])
         cam = case["cameras"].to(device, dtype)
@@ -128,10 +129,10 @@ def feature_binding(
             tt = torch.full((3 * f,), int(t), device=device)
             for _ in range(noise_draws):
                 noise = torch.randn(x0.shape, generator=g).to(device, dtype).repeat(3, 1, 1, 1)
-                x_t = sched.q_sample(x0.repeat(3, 1, 1, 1), tt, noise)
+                x_t = sched.q_sample(x0_3, tt, noise)
                 out = unet(x_t, tt, context=ctx, camera=cams, num_frames=f)
                 x0_hat = model.decode_latents(sched.to_x0(out, x_t, tt)).float()
-                err = (x0_hat - case["images"].to(device).repeat(3, 1, 1, 1)).square().sum(1, keepdim=True)
+                err = (x0_hat - images_3).square().sum(1, keepdim=True)
                 full, plain, turned = err.split(f)
                 s = sums[int(t)]
                 s["full"] += float((full * w).sum()) / noise_draws

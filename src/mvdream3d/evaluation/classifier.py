@@ -235,15 +235,10 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-def _feature_mask_mesh(mesh: Any, attributes: dict) -> Any:
-    """A copy of ``mesh`` that is white where the front feature is and black elsewhere."""
-    return synth.feature_mask_mesh(mesh, attributes)
-
-
 def feature_area(renderer: Any, mask_mesh: Any, c2w: np.ndarray, fov_deg: float, input_size: int) -> float:
-    """Visible area of the front feature in ``input_size``-pixel units (render of ``_feature_mask_mesh``)."""
-    img = renderer.render(mask_mesh, c2w, fov_deg)
-    lit = (img[..., :3].max(-1) > 20) & (img[..., 3] > 0)
+    """Visible area of the front feature in ``input_size``-pixel units (a render of ``mask_mesh``, from
+    :func:`mvdream3d.data.synth.feature_mask_mesh`)."""
+    lit = synth.feature_pixels(renderer.render(mask_mesh, c2w, fov_deg))
     return float(lit.sum()) * (input_size / renderer.width) * (input_size / renderer.height)
 
 
@@ -307,7 +302,7 @@ def make_training_data(
             rng = np.random.default_rng([int(seed), 5, i])
             mesh, _, a = synth.make_asset(rng, p_feature=p_feature, p_pair=0.0)
             rend = renderers[i % 2]
-            mask = _feature_mask_mesh(mesh, a) if a["feature"] else None
+            mask = synth.feature_mask_mesh(mesh, a) if a["feature"] else None
             az = rng.uniform(0.0, 360.0, views)
             el = rng.uniform(*elevation_range, views)
             fov = rng.uniform(*fov_range, views)

@@ -321,11 +321,11 @@ def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict
     if context is not None:
         context = context.repeat_interleave(f, dim=0)
     pred = unet(x_t, t, context=context, camera=camera, num_frames=f)
-    masks = batch.get("feature_weights")
-    if cfg.train.min_snr_gamma <= 0 and (masks is None or cfg.train.feature_loss_weight <= 0):
+    masks = batch.get("feature_weights") if cfg.train.feature_loss_weight > 0 else None
+    if cfg.train.min_snr_gamma <= 0 and masks is None:
         return F.mse_loss(pred.float(), target.float())
     sq = (pred.float() - target.float()).square()
-    if masks is not None and cfg.train.feature_loss_weight > 0:
+    if masks is not None:
         m = masks.to(sq.device, torch.float32)[:, None]
         if m.shape[-2:] != sq.shape[-2:]:  # latent models: the mask's coverage of each latent pixel
             m = F.interpolate(m, size=sq.shape[-2:], mode="area")
