@@ -488,3 +488,14 @@ def test_run_ids_cannot_leave_the_output_folder(tmp_path):
     for bad in ("generate/../../etc", "../generate", "/etc/passwd", "generate/", "dreambooth/" + run.dir.name):
         with pytest.raises(ValueError, match="no run"):
             find_run(tmp_path, bad)
+
+
+def test_runs_started_in_the_same_second_list_newest_first(tmp_path, monkeypatch):
+    from mvdream3d.webapp import runs as R
+
+    monkeypatch.setattr(R.time, "strftime", lambda fmt, *a: "20261202-053237" if "%H%M%S" in fmt else "x")
+    made = []
+    for i in range(6):  # random name suffixes; the start times decide
+        monkeypatch.setattr(R.time, "time", lambda i=i: 1000.0 + i)
+        made.append(R.new_run(tmp_path, "generate", f"run {i}", {}))
+    assert [r.id for r in R.list_runs(tmp_path)] == [r.id for r in reversed(made)]

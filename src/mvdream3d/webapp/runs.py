@@ -100,8 +100,9 @@ def list_runs(out_dir: str | os.PathLike, kinds: tuple[str, ...] = KINDS, limit:
         base = Path(out_dir) / kind
         if base.is_dir():
             found += [(p.name, kind, p) for p in base.iterdir() if p.is_dir() and _NAME.match(p.name)]
-    runs = [_read(p, kind) for _, kind, p in sorted(found, reverse=True)[:limit]]
-    return [r for r in runs if r is not None]
+    runs = [r for r in (_read(p, kind) for _, kind, p in sorted(found, reverse=True)[:limit]) if r is not None]
+    # names order by the second; runs started within the same second order by their start time
+    return sorted(runs, key=lambda r: (r.dir.name[:15], float(r.info.get("started_at") or 0.0)), reverse=True)
 
 
 def find_run(out_dir: str | os.PathLike, run_id: str) -> Run:
