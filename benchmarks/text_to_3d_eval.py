@@ -111,14 +111,15 @@ def front_orientation(mesh, gt_mesh, step_deg: float = 10.0) -> dict:
 
     a, b0 = _normalised_points(mesh), _normalised_points(gt_mesh)
     tree_a = cKDTree(a)
+    azimuths = np.arange(0.0, 360.0, step_deg)
     profile = []
-    for az in np.radians(np.arange(0.0, 360.0, step_deg)):
+    for az in np.radians(azimuths):
         # turn the normalised points (not the mesh): a turned cube's bounding box would change its scale
         c, s = np.cos(az), np.sin(az)
         b = b0 @ np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
         profile.append(float(cKDTree(b).query(a)[0].mean() + tree_a.query(b)[0].mean()))
     profile = np.asarray(profile)
-    best = float(np.arange(0.0, 360.0, step_deg)[int(np.argmin(profile))])
+    best = float(azimuths[int(np.argmin(profile))])
     best = best - 360.0 if best > 180.0 else best
     back = int(round(180.0 / step_deg))
     gain = float(profile[back] - profile[0])
