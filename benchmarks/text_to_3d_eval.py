@@ -18,6 +18,12 @@ classifier (``mvdream3d.evaluation``):
     python benchmarks/text_to_3d_eval.py --prompts "a red cube with a yellow nose" --seeds 0 1 2 --steps 400
 
 Writes ``OUT/results.json``, ``OUT/results.md`` (the table) and per run the usual text-to-3D outputs.
+Runs are independent, so on a multi-core machine start several at once (one thread each, separate
+``--out``) and combine them afterwards:
+
+    OMP_NUM_THREADS=1 python benchmarks/text_to_3d_eval.py --out ev_a --seeds 0 &
+    OMP_NUM_THREADS=1 python benchmarks/text_to_3d_eval.py --out ev_b --seeds 1 &
+    wait; python benchmarks/text_to_3d_eval.py --out eval3d --merge ev_a ev_b
 """
 
 from __future__ import annotations
@@ -243,6 +249,39 @@ def runs_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_dir_of(out: Path, prompt: str, method: str, seed: int) -> Path:
+    return out / prompt.replace(" ", "_") / f"{method}_seed{seed}"
+
+
+def merge_results(out: Path, sources: list[Path]) -> list[dict]:
+    """Combine the ``results.json`` of ``sources`` into ``out/results.json`` and link their run folders.
+
+    A run is keyed by (prompt, method, seed): a later source replaces an earlier row of the same run (and
+    rows already in ``out``), so a re-run wins; the ground-truth rows are kept once per prompt.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[tuple, dict] = {}
+    if (out / "results.json").is_file():
+        rows = {(r["prompt"], r["method"], r["seed"]): r for r in json.loads((out / "results.json").read_text())}
+    for src in sources:
+        if not (src / "results.json").is_file():
+            raise SystemExit(f"--merge: {src / 'results.json'} not found; pass the --out folders of finished runs")
+        for r in json.loads((src / "results.json").read_text()):
+            rows[(r["prompt"], r["method"], r["seed"])] = r
+            if r["method"] == "ground truth" or src.resolve() == out.resolve():
+                continue
+            run = run_dir_of(src, r["prompt"], r["method"], r["seed"])
+            link = run_dir_of(out, r["prompt"], r["method"], r["seed"])
+            if not run.is_dir() or (link.exists() and not link.is_symlink()):
+                continue  # nothing to link, or a real run folder of out's own
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(run.resolve(), target_is_directory=True)
+    merged = list(rows.values())
+    (out / "results.json").write_text(json.dumps(merged, indent=1))
+    return merged
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="eval3d")
@@ -256,7 +295,12 @@ def main(argv=None) -> int:
     ap.add_argument("--table-only", action="store_true", help="rewrite OUT/results.md from OUT/results.json")
     ap.add_argument("--remeasure-meshes", action="store_true",
                     help="add the mesh verdict to the runs in OUT/results.json from their mesh.glb, then the table")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                    help="combine the results of earlier --out DIRs into OUT (run folders are linked), then the table")
     args = ap.parse_args(argv)
+    if args.merge:
+        merge_results(Path(args.out), [Path(d) for d in args.merge])
+        args.table_only = True
     if args.remeasure_meshes:
         import trimesh
 
@@ -267,7 +311,7 @@ def main(argv=None) -> int:
         rows = json.loads((out / "results.json").read_text())
         clf = load_classifier()
         for r in rows:
-            glb = out / r["prompt"].replace(" ", "_") / f"{r['method']}_seed{r['seed']}" / "mesh.glb"
+            glb = run_dir_of(out, r["prompt"], r["method"], r["seed"]) / "mesh.glb"
             if r["method"] == "ground truth" or not glb.is_file():
                 continue
             prompt = load_prompts([r["prompt"]])[0]
@@ -306,7 +350,7 @@ def main(argv=None) -> int:
         gt = ground_truth_mesh(prompt)
         for seed in args.seeds:
             for method in args.methods:
-                run_dir = out / f"{prompt.text.replace(' ', '_')}" / f"{method}_seed{seed}"
+                run_dir = run_dir_of(out, prompt.text, method, seed)
                 overrides = [*args.set, f"guidance.name={method}", "output.preview=false"]
                 t0 = time.perf_counter()
                 res = text_to_3d(prompt.text, model=model, config=args.config, out=run_dir, steps=args.steps,

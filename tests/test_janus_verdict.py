@@ -82,3 +82,33 @@ def test_one_front_must_be_the_front(ev):
     back_only = _arc(36, 10, 16)  # one arc round the back: one "front", in the wrong place
     out = ev.fronts_verdict(back_only)
     assert out["fronts"] == 1 and not out["janus"] and not out["one_front"]
+
+
+def _row(prompt, method, seed, visible):
+    return {"prompt": prompt, "method": method, "seed": seed, "visible": visible, "prompt_ok": True, "seconds": 1.0}
+
+
+def test_merge_combines_parallel_runs_and_links_their_folders(ev, tmp_path):
+    import json
+
+    p, front = "a blue sphere with an orange horn", _arc(36, 33, 7).tolist()
+    for name, seed in (("a", 0), ("b", 1)):
+        src = tmp_path / name
+        ev.run_dir_of(src, p, "multiview", seed).mkdir(parents=True)
+        (ev.run_dir_of(src, p, "multiview", seed) / "mesh.glb").write_text(name)
+        rows = [_row(p, "ground truth", None, front), _row(p, "multiview", seed, front)]
+        (src / "results.json").write_text(json.dumps(rows))
+    redo = tmp_path / "redo"  # a re-run of seed 1 replaces the first one
+    redo.mkdir()
+    (redo / "results.json").write_text(json.dumps([{**_row(p, "multiview", 1, front), "seconds": 9.0}]))
+
+    out = tmp_path / "all"
+    assert ev.main(["--out", str(out), "--merge", str(tmp_path / "a"), str(tmp_path / "b"), str(redo)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert sorted((r["method"], r["seed"] or 0) for r in rows) == [("ground truth", 0), ("multiview", 0),
+                                                                   ("multiview", 1)]
+    assert next(r for r in rows if r["seed"] == 1)["seconds"] == 9.0
+    assert (ev.run_dir_of(out, p, "multiview", 0) / "mesh.glb").read_text() == "a"  # linked, not copied
+    assert "| multiview | 2 |" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit, match="not found"):
+        ev.merge_results(out, [tmp_path / "missing"])
