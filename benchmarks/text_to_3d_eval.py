@@ -17,7 +17,8 @@ classifier (``mvdream3d.evaluation``):
     python benchmarks/text_to_3d_eval.py --out eval3d                     # default prompts, 2 seeds
     python benchmarks/text_to_3d_eval.py --prompts "a red cube with a yellow nose" --seeds 0 1 2 --steps 400
 
-Writes ``OUT/results.json``, ``OUT/results.md`` (the table) and per run the usual text-to-3D outputs.
+Writes ``OUT/results.json``, ``OUT/results.md`` (the table), ``OUT/turntables.png`` (a row of turntable
+frames per run, every 45 degrees from azimuth 0) and per run the usual text-to-3D outputs.
 Runs are independent, so on a multi-core machine start several at once (one thread each, separate
 ``--out``) and combine them afterwards:
 
@@ -253,6 +254,37 @@ def run_dir_of(out: Path, prompt: str, method: str, seed: int) -> Path:
     return out / prompt.replace(" ", "_") / f"{method}_seed{seed}"
 
 
+def turntables_figure(out: Path, rows: list[dict], n_frames: int = 8) -> Path | None:
+    """Write ``out/turntables.png``: per run (in the order of the runs table) ``n_frames`` equally spaced
+    frames of its ``turntable.gif`` (frame 0 = azimuth 0, the front), labelled "prompt | method | seed".
+    Runs without a turntable are left out; returns None when no run has one."""
+    import imageio.v3 as iio
+    from PIL import Image, ImageDraw
+
+    strips, labels = [], []
+    for r in sorted(rows, key=lambda r: (r["prompt"], r["method"], r["seed"] or 0)):
+        gif = run_dir_of(out, r["prompt"], r["method"], r["seed"]) / "turntable.gif" if r["method"] != "ground truth" \
+            else None
+        if gif is None or not gif.is_file():
+            continue
+        frames = iio.imread(gif, index=None)  # (N, H, W, C)
+        idx = np.linspace(0, len(frames), n_frames, endpoint=False).astype(int)
+        strips.append(np.concatenate([np.asarray(frames[i])[..., :3] for i in idx], axis=1))
+        labels.append(f"{r['prompt']} | {r['method']} | seed {r['seed']}")
+    if not strips:
+        return None
+    label_h, w = 14, max(s.shape[1] for s in strips)
+    canvas = Image.new("RGB", (w, sum(s.shape[0] + label_h for s in strips)), "white")
+    draw, y = ImageDraw.Draw(canvas), 0
+    for strip, label in zip(strips, labels, strict=True):
+        draw.text((2, y + 1), label, fill="black")
+        canvas.paste(Image.fromarray(strip.astype(np.uint8)), (0, y + label_h))
+        y += strip.shape[0] + label_h
+    path = out / "turntables.png"
+    canvas.save(path)
+    return path
+
+
 def merge_results(out: Path, sources: list[Path]) -> list[dict]:
     """Combine the ``results.json`` of ``sources`` into ``out/results.json`` and link their run folders.
 
@@ -331,6 +363,7 @@ def main(argv=None) -> int:
             (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
         table = results_table(rows, args.methods) + "\n" + runs_table(rows)
         (Path(args.out) / "results.md").write_text(table)
+        turntables_figure(Path(args.out), rows)
         print(table)
         return 0
 
@@ -376,6 +409,7 @@ def main(argv=None) -> int:
                 (out / "results.json").write_text(json.dumps(rows, indent=1))  # after every run: nothing lost
     table = results_table(rows, args.methods) + "\n" + runs_table(rows)
     (out / "results.md").write_text(table)
+    turntables_figure(out, rows)
     print(table)
     return 0
 

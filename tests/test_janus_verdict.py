@@ -112,3 +112,28 @@ def test_merge_combines_parallel_runs_and_links_their_folders(ev, tmp_path):
     assert "| multiview | 2 |" in (out / "results.md").read_text()
     with pytest.raises(SystemExit, match="not found"):
         ev.merge_results(out, [tmp_path / "missing"])
+
+
+def test_turntables_figure_has_a_labelled_row_of_frames_per_run(ev, tmp_path):
+    import imageio.v3 as iio
+    from PIL import Image
+
+    p = "a blue sphere with an orange horn"
+    rows = [_row(p, "ground truth", None, [False] * 36)]
+    for seed, level in ((0, 40), (1, 200)):
+        run = ev.run_dir_of(tmp_path, p, "multiview", seed)
+        run.mkdir(parents=True)
+        # distinct frames (GIF writers merge repeated ones)
+        frames = np.full((16, 20, 24, 3), level, np.uint8) + np.arange(16, dtype=np.uint8)[:, None, None, None]
+        frames[2, :, :, 0] = 255  # frames 0, 2, 4, ... of 16 are picked: this is the second
+        iio.imwrite(run / "turntable.gif", frames, loop=0)
+        rows.append(_row(p, "multiview", seed, [False] * 36))
+    rows.append(_row(p, "2d", 0, [False] * 36))  # no turntable: left out
+    path = ev.turntables_figure(tmp_path, rows)
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert img.shape == (2 * (20 + 14), 8 * 24, 3)
+    seed0, seed1 = img[14:34], img[34 + 14:]
+    assert abs(seed0[:, :24].mean() - 40) < 6 and abs(seed1[:, :24].mean() - 200) < 6
+    assert seed0[:, 24:48, 0].mean() > 240 and seed0[:, 48:72, 0].mean() < 60  # frames in azimuth order
+    assert (img[:14] < 128).any()  # the label is drawn
+    assert ev.turntables_figure(tmp_path / "empty", rows[:1]) is None
