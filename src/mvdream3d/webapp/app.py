@@ -100,7 +100,7 @@ def build_app(model: str | list[str] | None = None, out_dir: str | os.PathLike =
             with gr.Tab("Text-to-3D", id="text-to-3d"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        t_prompt = gr.Textbox(label="Prompt", placeholder="a red cube with a yellow nose",
+                        t_prompt = gr.Textbox(label="Prompt", placeholder="a blue sphere with an orange horn",
                                               elem_id="t3d-prompt")
                         t_steps = gr.Number(0, label="Optimisation steps (0 = the recipe's)", precision=0,
                                             elem_id="t3d-steps")
