@@ -288,6 +288,18 @@ def test_text_to_3d_tab_ends_in_a_3d_viewer_and_a_video(server, browser):
           "video playing")
     assert _file_names(d, "#t3d-files") >= {"mesh.glb", "mesh.obj", "turntable.mp4"}
     _shot(d, "text-to-3d", 1400, drawn="#t3d-model3d canvas")
+    # after the screenshot (this swaps the images): the built-in model's 4 x 32 px images (128 px wide)
+    # must fill their panels too, not sit at natural size
+    for panel in ("t3d-preview", "t3d-live"):
+        d.execute_script("const c = document.createElement('canvas'); c.width = 128; c.height = 32; "
+                         "document.querySelector('#' + arguments[0] + ' img').src = c.toDataURL()", panel)
+        _wait(d, lambda drv, p=panel: drv.execute_script(
+            "const i = document.querySelector('#' + arguments[0] + ' img'); "
+            "return i.complete && i.naturalWidth === 128", p), 10, f"#{panel}: a 128 px image")
+        img_w, panel_w = d.execute_script(
+            "const p = document.querySelector('#' + arguments[0]); "
+            "return [p.querySelector('img').getBoundingClientRect().width, p.getBoundingClientRect().width]", panel)
+        assert img_w > 0.9 * panel_w, f"#{panel}: a 128 px image drawn {img_w:.0f} px wide in {panel_w:.0f} px"
 
 
 def test_a_second_user_waits_in_the_queue_and_cancel_keeps_the_run(server, browser):

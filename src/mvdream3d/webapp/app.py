@@ -22,6 +22,7 @@ CSS = """
 #mv-gallery .thumbnail-item, #runs-gallery .thumbnail-item {background: white}
 #t3d-live img, #t3d-preview img, #db-grid img {width: 100%; height: auto; object-fit: contain;
   image-rendering: pixelated}
+#t3d-live .image-frame, #t3d-preview .image-frame, #db-grid .image-frame {width: 100%}
 """
 HEAVY = {"concurrency_limit": 1, "concurrency_id": "heavy"}
 LIGHT = {"concurrency_limit": None, "api_visibility": "private"}
