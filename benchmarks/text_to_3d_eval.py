@@ -263,13 +263,12 @@ def turntables_figure(out: Path, rows: list[dict], n_frames: int = 8) -> Path | 
 
     strips, labels = [], []
     for r in sorted(rows, key=lambda r: (r["prompt"], r["method"], r["seed"] or 0)):
-        gif = run_dir_of(out, r["prompt"], r["method"], r["seed"]) / "turntable.gif" if r["method"] != "ground truth" \
-            else None
-        if gif is None or not gif.is_file():
+        gif = run_dir_of(out, r["prompt"], r["method"], r["seed"]) / "turntable.gif"
+        if r["method"] == "ground truth" or not gif.is_file():
             continue
-        frames = iio.imread(gif, index=None)  # (N, H, W, C)
+        frames = iio.imread(gif, index=None)  # (N, H, W, C) uint8
         idx = np.linspace(0, len(frames), n_frames, endpoint=False).astype(int)
-        strips.append(np.concatenate([np.asarray(frames[i])[..., :3] for i in idx], axis=1))
+        strips.append(np.concatenate(list(frames[idx, ..., :3]), axis=1))
         labels.append(f"{r['prompt']} | {r['method']} | seed {r['seed']}")
     if not strips:
         return None
@@ -278,11 +277,19 @@ def turntables_figure(out: Path, rows: list[dict], n_frames: int = 8) -> Path | 
     draw, y = ImageDraw.Draw(canvas), 0
     for strip, label in zip(strips, labels, strict=True):
         draw.text((2, y + 1), label, fill="black")
-        canvas.paste(Image.fromarray(strip.astype(np.uint8)), (0, y + label_h))
+        canvas.paste(Image.fromarray(strip), (0, y + label_h))
         y += strip.shape[0] + label_h
     path = out / "turntables.png"
     canvas.save(path)
     return path
+
+
+def write_tables(out: Path, rows: list[dict], methods: list[str]) -> None:
+    """``out/results.md`` (the summary and the per-run table, also printed) and ``out/turntables.png``."""
+    table = results_table(rows, methods) + "\n" + runs_table(rows)
+    (out / "results.md").write_text(table)
+    turntables_figure(out, rows)
+    print(table)
 
 
 def merge_results(out: Path, sources: list[Path]) -> list[dict]:
@@ -361,10 +368,7 @@ def main(argv=None) -> int:
             clf = load_classifier()
             rows += [ground_truth_row(p, clf) for p in load_prompts(sorted({r["prompt"] for r in rows}))]
             (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
-        table = results_table(rows, args.methods) + "\n" + runs_table(rows)
-        (Path(args.out) / "results.md").write_text(table)
-        turntables_figure(Path(args.out), rows)
-        print(table)
+        write_tables(Path(args.out), rows, args.methods)
         return 0
 
     from mvdream3d.evaluation.classifier import load_classifier
@@ -407,10 +411,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "visible"}), flush=True)
                 (out / "results.json").write_text(json.dumps(rows, indent=1))  # after every run: nothing lost
-    table = results_table(rows, args.methods) + "\n" + runs_table(rows)
-    (out / "results.md").write_text(table)
-    turntables_figure(out, rows)
-    print(table)
+    write_tables(out, rows, args.methods)
     return 0
 
 
