@@ -217,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dreambooth_subparser(sub)
 
+    from .training.autoencoder import add_train_vae_subparser
+
+    add_train_vae_subparser(sub)
+
     t = sub.add_parser("train", help="joint 2D + multi-view training from a YAML config (accelerate-ready)")
     t.add_argument("config_file", metavar="CONFIG.yaml")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output.dir")

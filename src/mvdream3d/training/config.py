@@ -39,6 +39,7 @@ class ModelSection:
     config: Any = "tiny-random"
     init: str = "scratch"
     prediction_type: str | None = None  # override the config's parameterization ("eps" or "v")
+    vae: str | None = None  # a `mvdream3d train-vae` file: its autoencoder and scale_factor replace the config's
 
 
 @dataclass
@@ -53,6 +54,7 @@ class DataSection:
     batch_size: int = 4  # objects per multi-view batch
     batch_size_2d: int | None = None  # images per 2D batch; default batch_size * num_views
     num_workers: int = 0
+    cache_latents: bool = False  # encode every view and 2D image once (OUT/latent_cache.safetensors), batch from memory
 
 
 @dataclass

@@ -58,12 +58,24 @@ def init_model(cfg: TrainConfig) -> MVDreamModel:
     # what the trained model should default to: no caption suffix (training captions have none) and the
     # training resolution as its native size
     params.setdefault("prompt_suffix", "")
+    vae_state = None
+    if cfg.model.vae is not None:
+        from .autoencoder import read_autoencoder
+
+        vae_file, vae_state = read_autoencoder(cfg.model.vae)
+        params["first_stage_config"] = vae_file["first_stage_config"]
+        params["scale_factor"] = vae_file["scale_factor"]
     vae_factor = 1 if str(params.get("first_stage_config", {}).get("target", "")).endswith("Identity") else \
         2 ** (len(params["first_stage_config"]["params"]["ddconfig"]["ch_mult"]) - 1)
     params["unet_config"].setdefault("params", {})["image_size"] = cfg.data.image_size // vae_factor
     init = cfg.model.init
     if init == "scratch":
-        return build_model(model_cfg)
+        model = build_model(model_cfg)
+        if vae_state is not None:
+            from ..models.vae import load_vae
+
+            model.vae = load_vae(params["first_stage_config"]["params"], vae_state)
+        return model
     if init == DEFAULT_MODEL:
         init = str(builtin_weights_path(init))  # continue from the shipped model's weights
     state, _ = read_checkpoint(init)
@@ -215,7 +227,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(t, s))
     ema = EMAModel(unet.parameters(), decay=t.ema_decay) if t.ema_decay > 0 else None
 
-    step, data_state, history = 0, None, []
+    step, data_state, history, cpu_base = 0, None, [], 0.0
     if latest is not None:
         unet_state, opt_state, state = Checkpointer.load(latest)
         unet.load_state_dict(unet_state)
@@ -225,6 +237,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             ema.load_state_dict(opt_state["ema"])
         torch.set_rng_state(opt_state["torch_rng"])
         step, data_state = state["step"], state["data"][rank] if rank < len(state["data"]) else None
+        cpu_base = float(state.get("cpu_s", 0.0))
         accel.print(f"resumed from {latest} at step {step}")
     unet.to(accel.device)
     if ema is not None:
@@ -233,11 +246,30 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     # per process, which suits a shared data loader, not our per-rank streams.
     unet_p, optimizer_p = accel.prepare(unet, optimizer)
 
-    mv_iter, im_iter, datasets = _data_streams(cfg, rank, world, data_state)
+    cache = text_cache = None
+    if cfg.data.cache_latents:
+        from .latent_cache import CachedTextEncoder, LatentCache
+
+        if accel.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+        d = cfg.data
+        cache = LatentCache.for_training(model, out, d.multiview, d.image_text if d.p_2d > 0 else None,
+                                         d.image_size, main=accel.is_main_process)
+        text_cache = CachedTextEncoder(model) if model.text_encoder is not None else None
+        mv_iter = im_iter = None
+        datasets: dict[str, Any] = {}
+    else:
+        mv_iter, im_iter, datasets = _data_streams(cfg, rank, world, data_state)
     writer = _tensorboard(out) if accel.is_main_process else None
     log_path = out / "train_log.jsonl"
     if accel.is_main_process:
         (out / "train_config.yaml").write_text(_yaml(cfg.to_dict()))
+
+    cpu0 = time.process_time()
+
+    def cpu_now() -> float:
+        """CPU seconds this run has used, summed over resumed parts (the fair cost of a CPU recipe)."""
+        return round(cpu_base + time.process_time() - cpu0, 1)
 
     def data_state_now() -> dict[str, Any]:
         return {k: ds.state_dict() for k, ds in datasets.items()}  # infinite_loader keeps them current
@@ -246,7 +278,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         states = gather_object([data_state_now()]) if world > 1 else [data_state_now()]
         if accel.is_main_process:
             path = ckpt.save(at, accel.unwrap_model(unet_p), ema, optimizer, scheduler,
-                             {"step": at, "data": states, "config": cfg.to_dict(), "time": time.time()})
+                             {"step": at, "data": states, "config": cfg.to_dict(), "time": time.time(),
+                              "cpu_s": cpu_now()})
             accel.print(f"checkpoint: {path}")
         accel.wait_for_everyone()
 
@@ -261,11 +294,17 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             loss_sum, kinds = 0.0, []
             for _ in range(t.grad_accum):
                 with accel.accumulate(unet_p):
-                    use_2d = im_iter is not None and (mv_iter is None or torch.rand((), generator=g) < cfg.data.p_2d)
                     tw = time.perf_counter()
-                    batch = next(im_iter if use_2d else mv_iter)
+                    if cache is not None:
+                        use_2d = cache.num_images > 0 and (
+                            cache.num_assets == 0 or torch.rand((), generator=g) < cfg.data.p_2d)
+                        batch = _cached_batch(cache, cfg, g, use_2d)
+                    else:
+                        use_2d = im_iter is not None and (
+                            mv_iter is None or torch.rand((), generator=g) < cfg.data.p_2d)
+                        batch = next(im_iter if use_2d else mv_iter)
                     wait_data += time.perf_counter() - tw
-                    loss = _loss(model, unet_p, schedule, batch, cfg, g, accel.device)
+                    loss = _loss(model, unet_p, schedule, batch, cfg, g, accel.device, text_cache)
                     accel.backward(loss)
                     if accel.sync_gradients and t.grad_clip > 0:
                         accel.clip_grad_norm_(unet_p.parameters(), t.grad_clip)
@@ -282,7 +321,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}", kind="/".join(kinds))
             if accel.is_main_process:
-                history.append({"step": step, "loss": loss_sum, "kind": kinds[0], "lr": scheduler.get_last_lr()[0]})
+                history.append({"step": step, "loss": loss_sum, "kind": kinds[0], "lr": scheduler.get_last_lr()[0],
+                                "cpu_s": cpu_now()})
             if step % cfg.output.log_every == 0 or step == end:
                 _log(writer, log_path, history, accel.is_main_process, t0, steps_done, wait_data)
                 history = []
@@ -302,15 +342,25 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     return out
 
 
+def _cached_batch(cache: Any, cfg: TrainConfig, g: torch.Generator, use_2d: bool) -> dict[str, Any]:
+    d = cfg.data
+    if use_2d:
+        return cache.image_batch(g, d.batch_size_2d or d.batch_size * d.num_views)
+    return cache.multiview_batch(g, d.batch_size, d.num_views, masks=cfg.train.feature_loss_weight > 0)
+
+
 def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict[str, Any], cfg: TrainConfig,
-          g: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Diffusion loss of one batch (object-major). Timesteps are shared by the views of an object."""
+          g: torch.Generator, device: torch.device, text_cache: Any = None) -> torch.Tensor:
+    """Diffusion loss of one batch (object-major). Timesteps are shared by the views of an object.
+
+    ``batch["latents"]`` (cached, already in model space) is used as is; else ``batch["images"]`` is
+    encoded. ``text_cache`` (a :class:`~.latent_cache.CachedTextEncoder`) encodes each caption once."""
     f = int(batch["num_frames"])
-    images = batch["images"].to(device)
     captions = [c if torch.rand((), generator=g) >= cfg.data.caption_dropout else "" for c in batch["captions"]]
     with torch.no_grad():
-        x0 = model.encode_images(images)
-        context = model.encode_text(captions).to(device) if model.text_encoder is not None else None
+        x0 = batch["latents"].to(device) if "latents" in batch else model.encode_images(batch["images"].to(device))
+        encoder = text_cache if text_cache is not None else model
+        context = encoder.encode_text(captions).to(device) if model.text_encoder is not None else None
     b = x0.shape[0] // f
     t = torch.randint(0, schedule.num_timesteps, (b,), generator=g).repeat_interleave(f).to(device)
     noise = torch.randn(x0.shape, generator=g).to(device, x0.dtype)
