@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_training import TINY_PIXEL_MODEL, make_image_text_folder, make_multiview_folder
 
 from mvdream3d.training.config import config_from_dict
-
-from test_training import TINY_PIXEL_MODEL, make_image_text_folder, make_multiview_folder
 
 TINY_VAE_ARGS = ["--steps", "4", "--batch-size", "4", "--image-size", "16", "--ch", "32", "--ch-mult", "1", "2",
                  "--z-channels", "4"]
