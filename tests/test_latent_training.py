@@ -64,6 +64,10 @@ def test_cached_training_matches_batches_resumes_exactly_and_logs_cpu_time(tmp_p
     from mvdream3d.training.trainer import step_generator, train
 
     train(config_from_dict(_cached_config(tmp_path, world, "a")))
+    from mvdream3d.checkpoints import read_checkpoint
+
+    made = read_checkpoint(tmp_path / "a" / "model.safetensors")[1]["training"]  # the file says how it was made
+    assert made["step"] == 4 and made["ema"] and made["recipe"]["data"]["cache_latents"] is True
     cache = LatentCache.load(tmp_path / "a" / CACHE_FILE)
     assert cache.mv_latents.shape == (4, 8, 3, 16, 16) and cache.im_latents.shape == (6, 3, 16, 16)
     # a cached multi-view batch is what MultiViewDataset gives for the same assets and start views

@@ -335,6 +335,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
                 break
     bar.close()
     if step >= t.steps:
+        model.config["training"] = provenance(cfg, step)
         _finish(model, accel.unwrap_model(unet_p), ema, out, accel)
     if writer is not None:
         writer.close()
@@ -515,8 +516,28 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
                 p.copy_(s)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
+    model.config["training"] = provenance(cfg, int(state["step"]), use_ema=use_ema and ema is not None)
     write_checkpoint(out, model.ldm_state_dict(), model.config)
     return out
+
+
+def provenance(cfg: TrainConfig, step: int, use_ema: bool = True) -> dict[str, Any]:
+    """What a model file records about how it was made: the recipe, the step, EMA or raw weights, the
+    git commit of the code (when run from a checkout) and the autoencoder's recipe."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    info: dict[str, Any] = {"recipe": cfg.to_dict(), "step": int(step), "ema": bool(use_ema), "commit": commit}
+    if cfg.model.vae is not None:
+        from .autoencoder import read_autoencoder
+
+        vae_config, _ = read_autoencoder(cfg.model.vae)
+        info["vae"] = {k: vae_config.get(k) for k in ("recipe", "metrics", "scale_factor")}
+    return info
 
 
 def _yaml(d: dict) -> str:
