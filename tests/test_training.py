@@ -330,6 +330,14 @@ def test_lr_schedules(tmp_path, data):
         assert lr_factor(t, 54) == pytest.approx(mid, abs=0.01)
     raw["train"].update(lr_schedule="linear", min_lr_ratio=0.1)
     assert lr_factor(config_from_dict(raw).train, 99) == pytest.approx(0.1)
+    # decay over the last 20 steps only: constant before, so a longer run of the recipe starts identically
+    raw["train"].update(lr_schedule="cosine", min_lr_ratio=0.0, decay_steps=20)
+    late = config_from_dict(raw).train
+    assert lr_factor(late, 78) == 1.0 and lr_factor(late, 89) == pytest.approx(0.5, abs=0.01)
+    assert lr_factor(late, 99) == pytest.approx(0.0, abs=1e-9)
+    longer = config_from_dict({**raw, "train": {**raw["train"], "steps": 500}}).train
+    assert [lr_factor(longer, s) for s in range(80)] == [lr_factor(late, s) for s in range(80)]
+    raw["train"]["decay_steps"] = 0
     raw["train"]["lr_schedule"] = "step"
     with pytest.raises(ConfigError, match="lr_schedule"):
         config_from_dict(raw)

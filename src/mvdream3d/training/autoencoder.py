@@ -9,10 +9,12 @@ through :class:`mvdream3d.models.vae.AutoencoderKLWrapper`, so its weights carry
 Data: every multi-view render (composited on white) and every 2D image of the world, held in memory as
 uint8. The last ``holdout_fraction`` of the assets (by id) are held out: reconstruction PSNR is
 measured on them (``metrics.json``). Each step takes random ``crop_size`` crops (the networks are
-convolutional; a 32 px crop costs a quarter of a 64 px image on a CPU). Loss: L1 + MSE between the
-image and the decoding of the posterior *mean* (what the latent cache and ``encode_images`` use; decoding
-a sample makes a briefly trained decoder average over the posterior noise and shift colours) +
-``kl_weight`` * KL, which keeps the latents small; the latent scale is fixed afterwards by
+convolutional; a 32 px crop costs a quarter of a 64 px image on a CPU), then ``full_steps`` steps on
+whole images with a second cosine schedule from ``full_lr`` (the mid-block attention and the image
+borders must see whole frames: a decoder trained on crops alone tints whole backgrounds grey).
+Loss: L1 + MSE between the image and the decoding of the posterior *mean* (what the latent cache and
+``encode_images`` use; decoding a sample makes a briefly trained decoder average over the posterior
+noise and shift colours) + ``kl_weight`` * KL, which keeps the latents small; the latent scale is fixed afterwards by
 ``scale_factor`` = 1 / std of the posterior means (SD's 0.18215 was chosen the same way).
 
 Resumable like UNet training: atomic checkpoints under ``OUT/checkpoints`` and all randomness of a step
@@ -53,6 +55,10 @@ class AutoencoderRecipe:
     batch_size: int = 16
     crop_size: int = 32  # train on random crops: 4x cheaper per image than 64 px, same local statistics
     lr: float = 2e-3
+    # then whole images: the mid-block attention and the borders must see 64 px frames (a decoder trained on
+    # crops alone tints the background of whole images grey)
+    full_steps: int = 400
+    full_lr: float = 5e-4
     warmup_steps: int = 100
     kl_weight: float = 1e-6
     holdout_fraction: float = 0.05
@@ -106,6 +112,15 @@ def load_uint8(files: Sequence[Path], size: int, progress: bool = True) -> torch
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float32 in [-1, 1]."""
     return x.float() / 127.5 - 1.0
+
+
+def _lr_factor(recipe: AutoencoderRecipe, step: int) -> float:
+    """Warm-up then cosine to 0 over the crop phase; a second cosine from ``full_lr`` over the whole-image phase."""
+    if step < recipe.steps:
+        warm = min(1.0, (step + 1) / max(1, recipe.warmup_steps))
+        return warm * 0.5 * (1 + math.cos(math.pi * step / max(1, recipe.steps)))
+    s = (step - recipe.steps) / max(1, recipe.full_steps)
+    return recipe.full_lr / recipe.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, s)))
 
 
 def _random_crops(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
@@ -172,9 +187,8 @@ def train_autoencoder(recipe: AutoencoderRecipe, out: str | Path, resume: bool =
     fsc = recipe.first_stage_config()
     vae = load_vae(fsc["params"], None, freeze=False).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, recipe.warmup_steps))
-        * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, recipe.steps)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(recipe, s))
+    total = recipe.steps + recipe.full_steps
     step = 0
     if latest is not None:
         weights, opt_state, state = Checkpointer.load(latest)
@@ -184,15 +198,16 @@ def train_autoencoder(recipe: AutoencoderRecipe, out: str | Path, resume: bool =
         step = int(state["step"])
         print(f"resumed from {latest} at step {step}")
 
-    end = recipe.steps if max_steps_this_run is None else min(recipe.steps, step + max_steps_this_run)
+    end = total if max_steps_this_run is None else min(total, step + max_steps_this_run)
     log = out / "train_log.jsonl"
-    bar = tqdm(total=recipe.steps, initial=step, desc="train autoencoder", unit="step", disable=not progress)
+    bar = tqdm(total=total, initial=step, desc="train autoencoder", unit="step", disable=not progress)
     t0 = time.perf_counter()
     with StopOnSignal() as stop:
         while step < end:
             g = step_generator(recipe.seed, step, 0)
             idx = torch.randint(0, len(images), (recipe.batch_size,), generator=g)
-            x = _random_crops(to_unit(images[idx]), recipe.crop_size, g)
+            crop = recipe.crop_size if step < recipe.steps else recipe.image_size
+            x = _random_crops(to_unit(images[idx]), crop, g)
             post = vae.encode(x)
             rec = vae.decode(post.mean)
             l1, l2 = (rec - x).abs().mean(), (rec - x).square().mean()
@@ -217,7 +232,7 @@ def train_autoencoder(recipe: AutoencoderRecipe, out: str | Path, resume: bool =
                 print(f"stopped by signal at step {step}; checkpoint saved. Continue with --resume")
                 break
     bar.close()
-    if step < recipe.steps:
+    if step < total:
         return out
     vae.eval()
     rec = reconstruct(vae, held)
@@ -258,6 +273,8 @@ def add_train_vae_subparser(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--crop-size", type=int, default=d.crop_size, help="random crop side in pixels (default 32)")
+    p.add_argument("--full-steps", type=int, default=d.full_steps,
+                   help="steps on whole images after the crop steps (default 400)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--ch", type=int, default=d.ch, help="base channels (a multiple of 32)")
@@ -277,6 +294,7 @@ def cmd_train_vae(args: Any) -> int:
         raise ValueError("--steps and --batch-size must be >= 1")
     recipe = AutoencoderRecipe(data=list(args.data), image_size=args.image_size, ch=args.ch,
                                ch_mult=list(args.ch_mult), z_channels=args.z_channels, steps=args.steps,
-                               batch_size=args.batch_size, crop_size=args.crop_size, lr=args.lr, seed=args.seed)
+                               batch_size=args.batch_size, crop_size=args.crop_size, full_steps=args.full_steps,
+                               lr=args.lr, seed=args.seed)
     train_autoencoder(recipe, args.out, resume=args.resume, max_steps_this_run=args.max_steps)
     return 0

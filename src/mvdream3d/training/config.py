@@ -66,6 +66,7 @@ class TrainSection:
     warmup_steps: int = 0
     lr_schedule: str = "constant"  # after the warm-up: constant | linear | cosine (decay to min_lr_ratio * lr)
     min_lr_ratio: float = 0.0
+    decay_steps: int = 0  # > 0: the linear / cosine decay spans only the last decay_steps (constant before)
     grad_accum: int = 1
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -154,6 +155,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule", "must be constant, linear or cosine",
            t.lr_schedule)
     _check(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must be in [0, 1]", t.min_lr_ratio)
+    _check(t.decay_steps >= 0, "train.decay_steps", "must be >= 0", t.decay_steps)
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1", t.grad_accum)
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)", t.grad_clip)
     _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1) (0 disables EMA)", t.ema_decay)

@@ -390,13 +390,18 @@ def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict
 
 def lr_factor(t: TrainSection, step: int) -> float:
     """Learning-rate multiplier after ``step`` optimiser steps: linear warm-up over ``warmup_steps``, then
-    constant, or a linear / cosine decay to ``min_lr_ratio`` at ``steps``."""
+    constant, or a linear / cosine decay to ``min_lr_ratio`` at ``steps`` (over the last ``decay_steps``
+    only when that is > 0: a run is then constant-rate until the decay starts, so its first steps are
+    those of any longer or shorter run of the same recipe)."""
     warm = max(1, t.warmup_steps)
     if step + 1 < warm:
         return (step + 1) / warm
     if t.lr_schedule == "constant":
         return 1.0
-    frac = min(1.0, (step + 1 - warm) / max(1, t.steps - warm))
+    start = max(warm, t.steps - t.decay_steps) if t.decay_steps > 0 else warm
+    if step + 1 < start:
+        return 1.0
+    frac = min(1.0, (step + 1 - start) / max(1, t.steps - start))
     decay = 1.0 - frac if t.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
     return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * decay
 
