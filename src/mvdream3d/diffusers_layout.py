@@ -437,7 +437,9 @@ def save_diffusers(model: MVDreamModel, out: str | os.PathLike, dtype: torch.dty
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_diffusers_folder(out))):
-        raise FileExistsError(f"{out} exists and is not a diffusers folder: choose a new (or empty) folder")
+        from .files import OutputDirError
+
+        raise OutputDirError(f"{out} exists and is not a diffusers folder: choose a new (or empty) folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     version = diffusers.__version__
     params = model.params
