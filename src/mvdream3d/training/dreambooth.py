@@ -288,6 +288,10 @@ def dreambooth(
     cfg = replace(cfg, token=token if token is not None else cfg.token,
                   class_word=class_word if class_word is not None else cfg.class_word)
     cfg.validate()
+    if cfg.train == "lora":
+        from ..extras import require
+
+        require("peft", "train", "LoRA training (--train lora)")  # before any heavy work
     if not cfg.class_word.strip():
         raise ValueError("the class word is empty: name what the subject is, e.g. --class-word toy")
     collected: list[str] = []
