@@ -267,7 +267,8 @@ def dreambooth(
     """Fine-tune ``model`` on photos of one subject; write the model, a 4-view grid, curves and a summary.
 
     Args:
-        images: a folder of 3-10 photos (see :func:`load_subject_images`) or a tensor (N, 3, H, W) in [-1, 1].
+        images: 3-10 photos: a folder, a folder of subfolders or a list file (see :func:`find_subject_images`),
+            or a tensor (N, 3, H, W) in [-1, 1].
         token, class_word: the prompt is "a <token> <class_word>" (override ``cfg``'s).
         model: anything :func:`mvdream3d.pipeline.resolve_model` takes (None: the built-in model). A model
             object is fine-tuned in place.
