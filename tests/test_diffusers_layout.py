@@ -84,6 +84,12 @@ def test_round_trip_keeps_outputs(tmp_path, kind):
     back = tmp_path / "back.safetensors"
     assert main(["convert", str(out), str(back)]) == 0
     torch.testing.assert_close(_sample(resolve_model(str(back)), size), ref, atol=1e-5, rtol=1e-5)
+    # the config survives the trip; a CLIP text encoder's comes back in transformers CLIP terms
+    back_cfg = resolve_model(str(back)).config
+    if kind.endswith("minilm"):
+        assert back_cfg == model.config
+    no_text = lambda c: {**c["model"]["params"], "cond_stage_config": None}
+    assert no_text(back_cfg) == no_text(model.config)
 
 
 def test_folder_loads_with_plain_diffusers_and_transformers_classes(tmp_path):

@@ -243,7 +243,10 @@ def diffusers_config(folder: str | os.PathLike) -> dict[str, Any]:
     cfg = copy.deepcopy(source) if source is not None else {"model": {"target": MODEL_TARGET, "params": {}}}
     params = cfg.setdefault("model", {}).setdefault("params", {})
     source_cond = (source or {}).get("model", {}).get("params", {}).get("cond_stage_config")
-    params["unet_config"] = {"target": UNET_TARGET, "params": _unet_params(unet_dir)}
+    unet_params = _unet_params(unet_dir)
+    source_unet = ((source or {}).get("model", {}).get("params", {}).get("unet_config") or {}).get("params") or {}
+    unet_params.update({k: source_unet[k] for k in UNET_DROPPED if k in source_unet})  # no-op switches, kept
+    params["unet_config"] = {"target": UNET_TARGET, "params": unet_params}
     vae_dir = _component(folder, index, "vae")
     if vae_dir is None:
         params["first_stage_config"] = dict(IDENTITY)
