@@ -267,7 +267,8 @@ def dreambooth(
     """Fine-tune ``model`` on photos of one subject; write the model, a 4-view grid, curves and a summary.
 
     Args:
-        images: a folder of 3-10 photos (see :func:`load_subject_images`) or a tensor (N, 3, H, W) in [-1, 1].
+        images: 3-10 photos: a folder, a folder of subfolders or a list file (see :func:`find_subject_images`),
+            or a tensor (N, 3, H, W) in [-1, 1].
         token, class_word: the prompt is "a <token> <class_word>" (override ``cfg``'s).
         model: anything :func:`mvdream3d.pipeline.resolve_model` takes (None: the built-in model). A model
             object is fine-tuned in place.
@@ -288,6 +289,10 @@ def dreambooth(
     cfg = replace(cfg, token=token if token is not None else cfg.token,
                   class_word=class_word if class_word is not None else cfg.class_word)
     cfg.validate()
+    if cfg.train == "lora":
+        from ..extras import require
+
+        require("peft", "train", "LoRA training (--train lora)")  # before any heavy work
     if not cfg.class_word.strip():
         raise ValueError("the class word is empty: name what the subject is, e.g. --class-word toy")
     collected: list[str] = []

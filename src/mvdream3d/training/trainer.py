@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -421,6 +422,8 @@ def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard not installed: the JSONL log still has everything
+        print("note: no TensorBoard logs (tensorboard is not installed: pip install 'mvdream3d[train]'); "
+              "train_log.jsonl has every logged value", file=sys.stderr)
         return None
     return SummaryWriter(str(out / "tensorboard"))
 
