@@ -1,19 +1,23 @@
-"""Pilot: which space should the built-in model learn in, for the same CPU minutes?
+"""Quality of training runs at given CPU budgets: the pilot (which space, for the same CPU minutes?) and
+the quality-against-minutes table of a run.
 
-Takes training runs (``mvdream3d train`` output folders) and a CPU budget in seconds; for each run it picks
-the newest checkpoint whose ``cpu_s`` (CPU seconds of training, summed over resumed parts; in
-``state.json``) is within the budget, exports its EMA weights, evaluates them with ``mvdream3d evaluate``
-(the shipped classifier; every model at its native size) and writes a side-by-side table with standard
-errors, plus the raw reports, to ``OUT``::
+For each run (a ``mvdream3d train`` output folder) and each budget in CPU seconds it picks the newest
+checkpoint whose ``cpu_s`` (CPU seconds of training, summed over resumed parts; in ``state.json``) is
+within the budget, exports its EMA weights, evaluates them with ``mvdream3d evaluate`` (the shipped
+classifier; every model at its native size) and writes a table with standard errors (``OUT/table.md``),
+the numbers (``OUT/table.json``) and the raw reports to ``OUT``::
 
-    python benchmarks/space_pilot.py runs/builtin runs/pilot-pixel32 --cpu-s 2400 --num-objects 4 --out eval/pilot
+    python benchmarks/checkpoint_quality.py runs/builtin runs/pilot-pixel32 --cpu-s 2400 --out eval/pilot
+    python benchmarks/checkpoint_quality.py runs/builtin --cpu-s 1800 3600 7200 --out eval/builtin-minutes
 
-Shown (per metric) where the difference is larger than twice its standard error.
+With two runs and one budget it says, per metric, whether the difference is shown (larger than twice
+its standard error).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 from pathlib import Path
@@ -42,7 +46,8 @@ def checkpoint_within(run: Path, cpu_s: float) -> tuple[Path, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--cpu-s", type=float, required=True, help="CPU seconds of training each run may have used")
+    ap.add_argument("--cpu-s", type=float, nargs="+", required=True,
+                    help="CPU-second budgets: for each, the newest checkpoint that used no more")
     ap.add_argument("--num-objects", type=int, default=4)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
@@ -50,10 +55,11 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for run in args.runs:
-        ckpt, state = checkpoint_within(run, args.cpu_s)
-        model = export_checkpoint(ckpt, args.out / f"{run.name}-step{state['step']}.safetensors")
-        report = evaluate(str(model), args.out / run.name, num_objects=args.num_objects, steps=args.steps,
+    for run, budget in itertools.product(args.runs, args.cpu_s):
+        ckpt, state = checkpoint_within(run, budget)
+        name = f"{run.name}-step{state['step']}"
+        model = export_checkpoint(ckpt, args.out / f"{name}.safetensors")
+        report = evaluate(str(model), args.out / name, num_objects=args.num_objects, steps=args.steps,
                           guidance=args.guidance, progress=False)
         o = report["overall"]["model"]
         rows.append({"run": str(run), "checkpoint": str(ckpt), "step": state["step"], "cpu_s": state["cpu_s"],
@@ -67,7 +73,7 @@ def main() -> None:
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines.append("| Frechet distance | " + " | ".join(f"{r['fid']:.1f}" for r in rows) + " |")
     lines.append("| background speckle | " + " | ".join(f"{r['background']['speckle_mean']:.4f}" for r in rows) + " |")
-    if len(rows) == 2:
+    if len(args.runs) == 2 and len(args.cpu_s) == 1:
         a, b = rows
         verdicts = []
         for m in METRICS:
@@ -80,8 +86,8 @@ def main() -> None:
                             + (f"{Path((a if better else b)['run']).name} better, shown" if shown else "not shown"))
         lines += ["", *verdicts]
     table = "\n".join(lines)
-    (args.out / "pilot.md").write_text(table + "\n")
-    (args.out / "pilot.json").write_text(json.dumps({"cpu_s_budget": args.cpu_s, "runs": rows}, indent=1))
+    (args.out / "table.md").write_text(table + "\n")
+    (args.out / "table.json").write_text(json.dumps({"cpu_s_budgets": args.cpu_s, "rows": rows}, indent=1))
     print(table)
 
 
