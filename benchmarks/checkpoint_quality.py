@@ -58,9 +58,13 @@ def main() -> None:
     for run, budget in itertools.product(args.runs, args.cpu_s):
         ckpt, state = checkpoint_within(run, budget)
         name = f"{run.name}-step{state['step']}"
-        model = export_checkpoint(ckpt, args.out / f"{name}.safetensors")
-        report = evaluate(str(model), args.out / name, num_objects=args.num_objects, steps=args.steps,
-                          guidance=args.guidance, progress=False)
+        done = args.out / name / "report.json"
+        if done.is_file():  # evaluated before (same folder): reuse it
+            report = json.loads(done.read_text())
+        else:
+            model = export_checkpoint(ckpt, args.out / f"{name}.safetensors")
+            report = evaluate(str(model), args.out / name, num_objects=args.num_objects, steps=args.steps,
+                              guidance=args.guidance, progress=False)
         o = report["overall"]["model"]
         rows.append({"run": str(run), "checkpoint": str(ckpt), "step": state["step"], "cpu_s": state["cpu_s"],
                      "size": report["settings"]["size"], "fid": o["fid"], "background": report["background"],

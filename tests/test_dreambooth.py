@@ -12,6 +12,7 @@ from PIL import Image
 from test_training import TINY_PIXEL_MODEL
 
 from mvdream3d.cli import main
+from mvdream3d.files import backup_path
 from mvdream3d.models.model import build_model
 from mvdream3d.pipeline import resolve_model
 from mvdream3d.training import dreambooth_inputs
@@ -147,7 +148,7 @@ def test_lora_file_is_small_loads_and_differs_from_base(base_ckpt, subject, tmp_
     assert resolve_model(str(tmp_path / "out")) is not None  # the output folder as --model
 
 
-def test_stop_and_resume_match_an_uninterrupted_run(base_ckpt, subject, tmp_path):
+def test_stop_and_resume_match_an_uninterrupted_run(base_ckpt, subject, tmp_path, capsys):
     whole = dreambooth(subject, "sks", "toy", model=base_ckpt, out=tmp_path / "whole", steps=4, lr=1e-3, **FAST)
     calls = []
     part = dreambooth(subject, "sks", "toy", model=base_ckpt, out=tmp_path / "run", steps=4, lr=1e-3,
@@ -158,9 +159,18 @@ def test_stop_and_resume_match_an_uninterrupted_run(base_ckpt, subject, tmp_path
     with pytest.raises(ValueError, match="lambda_preservation"):
         dreambooth(subject, "sks", "toy", model=base_ckpt, out=tmp_path / "run", steps=4, lr=1e-3,
                    lambda_preservation=2, resume=True, **FAST)
+    # as a kill -9 between the two renames of a checkpoint swap leaves it: the checkpoint at its backup name,
+    # the next one half written
+    ckpt = tmp_path / "run" / "checkpoint"
+    ckpt.rename(backup_path(ckpt))
+    (tmp_path / "run" / ".checkpoint.tmp").mkdir()
+    (tmp_path / "run" / ".checkpoint.tmp" / "trained.safetensors").write_bytes(b"half")
+    capsys.readouterr()
     done = dreambooth(subject, "sks", "toy", model=base_ckpt, out=tmp_path / "run", steps=4, lr=1e-3, resume=True,
                       **FAST)
-    assert done.finished and len(done.history) == 4 and not (tmp_path / "run" / "checkpoint").exists()
+    assert f"resumed from {ckpt} at step 2" in capsys.readouterr().out
+    assert done.finished and len(done.history) == 4 and not ckpt.exists()
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".checkpoint")]
     torch.testing.assert_close(_prediction(done.model, "a sks toy"), _prediction(whole.model, "a sks toy"))
 
 

@@ -8,7 +8,9 @@ code runs on one CPU, one GPU or many processes (``accelerate launch``, DDP).
 
 Never losing work: every ``checkpoint_every`` steps, and on SIGINT/SIGTERM, the UNet, EMA, optimiser,
 LR scheduler, step, RNG and data position are written atomically (temp dir + rename) under
-``OUT/checkpoints/step_XXXXXXX``; ``--resume`` continues from the newest complete one. All randomness
+``OUT/checkpoints/step_XXXXXXX``; ``--resume`` continues from the newest complete one, cutting
+``train_log.jsonl`` back to its step. A kill -9 loses at most the steps since that checkpoint; the
+temporary folder of a checkpoint write it interrupted is removed when the next run starts. All randomness
 of a step (batch kind, timesteps, noise, caption dropout) comes from a generator seeded by
 (seed, step, rank), so a resumed run takes the same steps as an uninterrupted one.
 """
@@ -33,11 +35,13 @@ from tqdm.auto import tqdm
 from ..builtin import DEFAULT_MODEL, builtin_weights_path
 from ..checkpoints import read_checkpoint, split_state_dict, write_checkpoint
 from ..devices import resolve_mixed_precision
+from ..files import remove_stale_temporaries, truncate_jsonl
 from ..models.model import MVDreamModel, build_model, load_model, resolve_config
 from ..signals import StopOnSignal
 from .config import TrainConfig, TrainSection, config_from_dict
 
 CKPT_DIR = "checkpoints"
+LOG_FILE = "train_log.jsonl"
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -107,11 +111,18 @@ def init_model(cfg: TrainConfig) -> MVDreamModel:
 
 
 class Checkpointer:
-    """Atomic training checkpoints under ``out/checkpoints/step_XXXXXXX`` (temp dir, then rename)."""
+    """Atomic training checkpoints under ``out/checkpoints/step_XXXXXXX`` (temp dir ``.tmp_step_*``, then
+    rename)."""
+
+    TMP_PREFIX = ".tmp_step_"
 
     def __init__(self, out: Path, keep: int) -> None:
         self.root = out / CKPT_DIR
         self.keep = keep
+
+    def remove_stale(self) -> list[Path]:
+        """Remove the temporary folders of checkpoint writes that a kill interrupted (call before training)."""
+        return remove_stale_temporaries(self.root, [f"{self.TMP_PREFIX}*"])
 
     def latest(self) -> Path | None:
         if not self.root.is_dir():
@@ -125,7 +136,7 @@ class Checkpointer:
 
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"step_{step:07d}"
-        tmp = self.root / f".tmp_step_{step:07d}_{os.getpid()}"
+        tmp = self.root / f"{self.TMP_PREFIX}{step:07d}_{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_file({k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()},
@@ -214,6 +225,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     if not resume and ckpt.latest() is not None:
         raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or choose another "
                          f"output.dir")
+    if accel.is_main_process:
+        for stale in ckpt.remove_stale():
+            accel.print(f"removed {stale}, left by an interrupted checkpoint write")
 
     torch.manual_seed(t.seed)
     model = init_model(cfg)
@@ -239,7 +253,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         torch.set_rng_state(opt_state["torch_rng"])
         step, data_state = state["step"], state["data"][rank] if rank < len(state["data"]) else None
         cpu_base = float(state.get("cpu_s", 0.0))
-        accel.print(f"resumed from {latest} at step {step}")
+        # steps logged after the checkpoint by the interrupted run are taken again: each step is logged once
+        dropped = truncate_jsonl(out / LOG_FILE, step) if accel.is_main_process else 0
+        accel.print(f"resumed from {latest} at step {step}"
+                    + (f" ({LOG_FILE}: {dropped} rows after step {step} dropped)" if dropped else ""))
     unet.to(accel.device)
     if ema is not None:
         ema.to(accel.device)
@@ -261,8 +278,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         datasets: dict[str, Any] = {}
     else:
         mv_iter, im_iter, datasets = _data_streams(cfg, rank, world, data_state)
-    writer = _tensorboard(out) if accel.is_main_process else None
-    log_path = out / "train_log.jsonl"
+    # a resumed run's TensorBoard hides the events the interrupted run logged after the checkpoint
+    writer = _tensorboard(out, step + 1 if latest is not None else None) if accel.is_main_process else None
+    log_path = out / LOG_FILE
     if accel.is_main_process:
         (out / "train_config.yaml").write_text(_yaml(cfg.to_dict()))
 
@@ -324,14 +342,16 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             if accel.is_main_process:
                 history.append({"step": step, "loss": loss_sum, "kind": kinds[0], "lr": scheduler.get_last_lr()[0],
                                 "cpu_s": cpu_now()})
-            if step % cfg.output.log_every == 0 or step == end:
+            stopping = stop.requested  # read once: a signal arriving now is handled after the next step
+            checkpoint_now = step % cfg.output.checkpoint_every == 0 or step == end or stopping
+            if step % cfg.output.log_every == 0 or checkpoint_now:  # a checkpoint's steps are all in the log
                 _log(writer, log_path, history, accel.is_main_process, t0, steps_done, wait_data)
                 history = []
             if cfg.output.sample_every and step % cfg.output.sample_every == 0:
                 _sample_grid(model, accel.unwrap_model(unet_p), ema, cfg, out, step, writer, accel)
-            if step % cfg.output.checkpoint_every == 0 or step == end or stop.requested:
+            if checkpoint_now:
                 save(step)
-            if stop.requested:
+            if stopping:
                 accel.print(f"stopped by signal at step {step}; checkpoint saved. Continue with --resume")
                 break
     bar.close()
@@ -418,14 +438,15 @@ def min_snr_weights(schedule: Any, t: torch.Tensor, gamma: float) -> torch.Tenso
     return w.float()
 
 
-def _tensorboard(out: Path):
+def _tensorboard(out: Path, purge_step: int | None = None):
+    """``purge_step``: TensorBoard hides the events logged at this step and later by an earlier run."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard not installed: the JSONL log still has everything
         print("note: no TensorBoard logs (tensorboard is not installed: pip install 'mvdream3d[train]'); "
               "train_log.jsonl has every logged value", file=sys.stderr)
         return None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
 
 
 def _log(writer: Any, path: Path, history: list[dict], main: bool, t0: float, steps: int, wait: float) -> None:
