@@ -83,7 +83,7 @@ class GuidanceSection:
     t_start: list = field(default_factory=lambda: [0.98, 0.98])  # (t_min, t_max) fractions at step 0
     t_end: list = field(default_factory=lambda: [0.02, 0.50])  # ... reached at anneal_steps
     anneal_steps: int = 8000
-    render_size: int | None = None  # renders are resized to this before encoding (None: 256 latent / native)
+    render_size: int | None = None  # renders are resized to this before encoding (None: the model's native size)
 
 
 @dataclass
