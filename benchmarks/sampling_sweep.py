@@ -61,7 +61,7 @@ def main() -> None:
                      **{m: o[m] for m in METRICS}, "se": o["se"]})
         print(f"{text}: " + ", ".join(f"{m} {o[m]:.3f}" for m in METRICS if o[m] is not None), flush=True)
     lines = ["| setting | s / object | " + " | ".join(METRICS) + " | Frechet | speckle |",
-             "|---" * (len(METRICS) + 5) + "|"]
+             "|---" * (len(METRICS) + 4) + "|"]
     for r in rows:
         cells = [f"{r[m]:.3f} +- {r['se'][m]:.3f}" if r[m] is not None and r["se"][m] is not None else "n/a"
                  for m in METRICS]
