@@ -34,11 +34,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
 
-    cases = binding_cases(args.objects, seed=args.seed)
+    cases_by_size: dict[int, list] = {}  # the same objects, rendered at each model's native size
     results = {}
     for name in args.models:
         model = resolve_model(name)
         model.unet.eval()
+        size = model.native_size
+        if size not in cases_by_size:
+            cases_by_size[size] = binding_cases(args.objects, seed=args.seed, size=size)
+        cases = cases_by_size[size]
         t0 = time.perf_counter()
         results[name] = feature_binding(model, cases, args.timesteps, args.draws, seed=args.seed)
         results[name]["seconds"] = round(time.perf_counter() - t0, 1)
