@@ -2,7 +2,7 @@
 camera sees it? (see :mod:`mvdream3d.evaluation.binding` for the definitions)
 
     python benchmarks/feature_binding.py                                   # the built-in model
-    python benchmarks/feature_binding.py runs/builtin-v3/model.safetensors runs/builtin-v4/model.safetensors
+    python benchmarks/feature_binding.py runs/builtin/model.safetensors runs/other/model.safetensors
     python benchmarks/feature_binding.py --objects 32 --draws 2 --out binding.json
 
 Prints a Markdown table (one row per model and timestep): text binding = 1 - E(caption) / E(caption
