@@ -43,7 +43,7 @@ from ..models.model import MVDreamModel
 from ..signals import StopOnSignal
 from .background import build_background
 from .camera_sampler import RandomMultiViewCameraSampler, fixed_views
-from .config import TextTo3DConfig, default_config_name, load_text_to_3d_config
+from .config import TextTo3DConfig, default_config_for, load_text_to_3d_config
 from .export import extract_mesh, render_turntable, save_mesh, save_video
 from .geometry import ImplicitVolume
 from .guidance import build_guidance, timestep_range
@@ -331,7 +331,8 @@ def text_to_3d(
         prompt: the text; an empty prompt is an error.
         model: a model name, checkpoint path or loaded model; None = the config's ``model`` or the built-in.
         config: a config name (``builtin``, ``mvdream-sd21``, ``mvdream-sd21-lowmem``), YAML path or mapping;
-            None picks ``builtin`` for pixel-space models and ``mvdream-sd21`` for latent ones.
+            None picks ``builtin`` for the built-in and other small models (<= 64 px), ``mvdream-sd21`` for
+            the published ones.
         steps / seed: override ``optim.steps`` / ``optim.seed``.
         resume: continue from ``out/checkpoints/latest`` (same prompt required).
         overrides: ``section.key=value`` strings applied to the config.
@@ -354,7 +355,7 @@ def text_to_3d(
     pre = load_text_to_3d_config(config, overrides) if config is not None else None
     model_ref = model if model is not None else (pre.model if pre is not None else None)
     mdl = resolve_model(model_ref)
-    cfg = pre or load_text_to_3d_config(default_config_name(mdl.vae is None), overrides)
+    cfg = pre or load_text_to_3d_config(default_config_for(mdl), overrides)
     if not mdl.unet.has_camera and cfg.guidance.name == "multiview":
         raise ValueError("multi-view guidance needs a model with a camera embedding (camera_dim); this model has "
                          "none. Use a multi-view model, or the 2D baseline (--baseline-2d)")

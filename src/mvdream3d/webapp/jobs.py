@@ -189,7 +189,7 @@ class TextTo3DJob:
                  resolution: int = 0,
                  seed: int = 0, guidance_scale: float | None = None, model: str | None = None,
                  config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> None:
-        from ..threed.config import default_config_name, load_text_to_3d_config
+        from ..threed.config import default_config_for, load_text_to_3d_config
 
         self.prompt = _prompt(prompt)
         # steps, resolution and guidance: 0, empty or None keep the recipe's value
@@ -204,7 +204,7 @@ class TextTo3DJob:
         ui = [] if guidance_scale is None else [f"guidance.guidance_scale={guidance_scale}"]
         self.reference = registry.reference(model)
         mdl = registry.get(model)
-        cfg = load_text_to_3d_config(config or default_config_name(mdl.vae is None),
+        cfg = load_text_to_3d_config(config or default_config_for(mdl),
                                      ["output.progress_every=10", *overrides, *ui])
         if resolution:
             cfg.cameras.resolution_milestones = [[m[0], resolution, m[2]] for m in cfg.cameras.resolution_milestones]
