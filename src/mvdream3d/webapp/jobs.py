@@ -338,7 +338,8 @@ T3D_STAGES = {"preview": "multi-view preview", "optimisation": "optimisation", "
               "saving the mesh": "mesh: saving .glb and .obj", "turntable frames": "video: turntable frames",
               "encoding the video": "video: encoding", "curves": "loss curves"}
 T3D_UNITS = {"preview": "steps", "optimisation": "steps", "density grid": "chunks", "turntable frames": "frames"}
-PREVIEW_EVERY_S = 0.5  # how often the preview's current x0 prediction is decoded for the page
+PREVIEW_EVERY_S = 0.5  # how often the preview's current x0 prediction is decoded for the page, at most
+PREVIEW_DECODE_SHARE = 0.2  # and so that decoding it (a VAE decode for latent models) takes at most this share
 
 
 def milestones_text(milestones: list) -> str:
@@ -438,7 +439,7 @@ class TextTo3DJob(BackgroundJob):
         self.row: dict[str, Any] | None = None
         self.preview_live: np.ndarray | None = None
         self.live: np.ndarray | None = None
-        self._preview_decoded = 0.0
+        self._preview_decoded, self._decode_s = 0.0, 0.0
 
     @classmethod
     def resume(cls, registry: ModelRegistry, run: Run, slot: HeavySlot | None = None) -> TextTo3DJob:
@@ -473,10 +474,13 @@ class TextTo3DJob(BackgroundJob):
         if p.current is None or p.current.name != label:
             p.stage(label, total, T3D_UNITS.get(name, ""))
         p.update(done, total)
-        now = time.monotonic()
-        if images is not None and (done == total or now - self._preview_decoded >= PREVIEW_EVERY_S):
-            self._preview_decoded = now
+        # the preview's last estimate is preview.png, written next: not decoded here
+        wait = max(PREVIEW_EVERY_S, self._decode_s / PREVIEW_DECODE_SHARE)
+        if images is not None and done < total and time.monotonic() - self._preview_decoded >= wait:
+            t0 = time.monotonic()
             self.preview_live = views_strip(images())
+            self._preview_decoded = time.monotonic()
+            self._decode_s = self._preview_decoded - t0
         self.changed()
 
     def _work(self) -> Any:
