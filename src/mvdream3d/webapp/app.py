@@ -60,7 +60,8 @@ CSS = """
 #t3d-live img, #t3d-preview img, #db-grid img, #mv-grid img {width: 100%; height: auto; object-fit: contain;
   image-rendering: pixelated}
 #t3d-live .image-frame, #t3d-preview .image-frame, #db-grid .image-frame, #mv-grid .image-frame {width: 100%}
-#t3d-status, #db-status {min-height: 150px}
+#t3d-status, #db-status {min-height: 210px}
+#t3d-video video, #runs-video video {image-rendering: pixelated}
 """
 # a status line of ours shows the progress (stage, steps, rate, time left): gradio's own overlay would cover it
 # at each update (the flicker), so these events show only gradio's small queue / timer note
