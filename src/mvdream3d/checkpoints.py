@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import CheckpointError
+
 if TYPE_CHECKING:  # torch is imported where a tensor is read or written: `mvdream3d --help` stays light
     import torch
 
@@ -29,10 +31,6 @@ PUBLISHED_FILES = {
     "sd-v2.1-base-4view": "sd-v2.1-base-4view.pt",
     "sd-v1.5-4view": "sd-v1.5-4view.pt",
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or does not fit the model config."""
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

@@ -18,15 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoints import CheckpointError
+from .errors import USER_ERRORS
 from .files import ensure_writable_dir
-from .training.config import ConfigError
 
 if TYPE_CHECKING:
     from .pipeline import MultiViewOutput
-
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, PermissionError, CheckpointError, NotADirectoryError,
-               FloatingPointError)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
