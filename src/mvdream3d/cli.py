@@ -107,12 +107,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if summary is not None:
         config, counts = summary
     else:
-        from .pipeline import resolve_model
+        from .models.loading import load_checkpoint_model, resolve_model
 
         if args.config is not None:
-            from .models.model import load_model
-
-            model = load_model(args.config, args.model_name)
+            model = load_checkpoint_model(args.model_name, args.config)
         else:
             model = resolve_model(args.model_name)
         config, counts = model.config, model.parameter_counts()
@@ -160,11 +158,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     ensure_writable_dir(Path(args.output).resolve().parent)
     if args.config is not None:
-        from .models.model import load_model
+        from .models.loading import load_checkpoint_model
 
-        model = load_model(args.config, args.input)  # validates every weight against the config
+        model = load_checkpoint_model(args.input, args.config)  # validates every weight against the config
     else:
-        from .pipeline import resolve_model
+        from .models.loading import resolve_model
 
         if not os.path.exists(args.input) and args.input.endswith((".pt", ".ckpt", ".pth", ".safetensors", ".bin")):
             raise FileNotFoundError(f"checkpoint not found: {args.input}")

@@ -19,9 +19,14 @@ import torch
 from PIL import Image
 
 from . import cameras as cam
-from .checkpoints import PUBLISHED_FILES, download_published
+from .checkpoints import MODEL_FILES_IN_FOLDER
+from .diffusers_layout import is_diffusers_folder
 from .diffusion.sampling import SAMPLERS, StepCallback, sample
-from .models.model import MVDreamModel, available_configs, build_model, load_model
+from .models.loading import load_checkpoint_model, resolve_model
+from .models.model import MVDreamModel, build_model
+
+__all__ = ["DTYPES", "MODEL_FILES_IN_FOLDER", "MultiViewOutput", "MultiViewPipeline", "image_grid", "resolve_model",
+           "to_pil"]
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -63,69 +68,6 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr.permute(0, 2, 3, 1).cpu().numpy()]
 
 
-def resolve_model(model: str | os.PathLike | MVDreamModel | None = None) -> MVDreamModel:
-    """A model from a name (published, shipped config), a checkpoint path, a DreamBooth LoRA file (merged into
-    the base model it names), an output folder holding model.safetensors or lora.safetensors, a diffusers
-    folder (model_index.json, unet/, ...: see :mod:`mvdream3d.diffusers_layout`), or the built-in default."""
-    if isinstance(model, MVDreamModel):
-        return model
-    from .builtin import DEFAULT_MODEL, builtin_model
-
-    name = DEFAULT_MODEL if model is None else str(model)
-    if name == DEFAULT_MODEL or name.startswith("tiny-random"):
-        return builtin_model(name)
-    if name in PUBLISHED_FILES:
-        return load_model(name, download_published(name))
-    if os.path.isdir(name):
-        from .diffusers_layout import is_diffusers_folder, load_diffusers
-
-        if is_diffusers_folder(name):
-            return load_diffusers(name)
-        name = _model_file_in(name)
-    if os.path.exists(name):
-        from .training.lora import is_lora_file, load_lora_model
-
-        if is_lora_file(name):  # DreamBooth adapters: the base model they name, adapters merged
-            return load_lora_model(name)
-        return load_model(_sidecar_config(name), name)
-    known = sorted({DEFAULT_MODEL, "tiny-random", *PUBLISHED_FILES})
-    if name in available_configs():
-        raise FileNotFoundError(f"{name!r} is a config without weights; pass a checkpoint path too")
-    raise FileNotFoundError(f"model {name!r} is not a checkpoint file nor a known model ({', '.join(known)})")
-
-
-MODEL_FILES_IN_FOLDER = ("model.safetensors", "lora.safetensors")
-
-
-def _model_file_in(folder: str) -> str:
-    """The model file of an output folder (``train``, ``dreambooth``): model.safetensors or lora.safetensors."""
-    found = [os.path.join(folder, f) for f in MODEL_FILES_IN_FOLDER if os.path.isfile(os.path.join(folder, f))]
-    if len(found) != 1:
-        raise FileNotFoundError(f"model folder {folder} must hold exactly one of {', '.join(MODEL_FILES_IN_FOLDER)} "
-                                f"(found {len(found)}) or be a diffusers folder (model_index.json): pass the model "
-                                f"file itself")
-    return found[0]
-
-
-def _sidecar_config(path: str) -> str | None:
-    """Config for a checkpoint without an embedded one: a YAML beside it, or None (use embedded)."""
-    for cand in (os.path.splitext(path)[0] + ".yaml", os.path.join(os.path.dirname(path), "config.yaml")):
-        if os.path.isfile(cand):
-            return cand
-    from .checkpoints import read_checkpoint
-
-    state, embedded = read_checkpoint(path)
-    if embedded is not None:
-        return None
-    from .checkpoints import split_state_dict
-    from .models.model import _guess_published_name
-
-    guess = _guess_published_name(split_state_dict(state)["unet"])
-    if guess is None:
-        raise ValueError(f"{path} carries no config and is not a published model: put its YAML beside it")
-    return guess
-
-
 class MultiViewPipeline:
     """Multi-view text-to-image generation with an :class:`MVDreamModel`."""
 
@@ -144,16 +86,13 @@ class MultiViewPipeline:
     def from_checkpoint(cls, path: str | os.PathLike, config: str | os.PathLike | Mapping | None = None,
                         device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32"
                         ) -> MultiViewPipeline:
-        """Load a .pt/.safetensors checkpoint; ``config`` as in :func:`mvdream3d.load_model` (None:
-        the config embedded in the file, a YAML beside it, or the published config it matches)."""
-        from .diffusers_layout import is_diffusers_folder
-
+        """Load a .pt/.safetensors checkpoint, reading it once; ``config`` as in :func:`mvdream3d.load_model`
+        (None: a YAML beside it, the config embedded in the file, or the published config it matches)."""
         if is_diffusers_folder(path):
             if config is not None:
                 raise ValueError(f"{path} is a diffusers folder, which carries its own config: drop --config")
             return cls.from_pretrained(path, device, dtype)
-        cfg = config if config is not None else _sidecar_config(str(path))
-        return cls(load_model(cfg, path)).to(device, dtype)
+        return cls(load_checkpoint_model(path, config)).to(device, dtype)
 
     @classmethod
     def from_config(cls, config: str | os.PathLike | Mapping) -> MultiViewPipeline:
