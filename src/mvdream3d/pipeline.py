@@ -9,9 +9,11 @@ Views of one object are consecutive (object-major): ``images[o * num_views + v]`
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from . import cameras as cam
 from .checkpoints import MODEL_FILES_IN_FOLDER
 from .diffusers_layout import is_diffusers_folder
 from .diffusion.sampling import SAMPLERS, StepCallback, sample
+from .files import atomic_write_text
 from .models.loading import load_checkpoint_model, resolve_model
 from .models.model import MVDreamModel, build_model
 
@@ -38,16 +41,39 @@ class MultiViewOutput:
     ``cameras``: ``c2w`` (F, 4, 4) OpenGL camera-to-world (+y up, camera looks along -z),
     ``model_camera`` (F, 16) what the UNet saw, ``elevation``/``azimuth`` (F,) degrees or None for
     user cameras, ``fov_deg`` the vertical field of view assumed, ``intrinsics`` (3, 3) for the
-    output size; ``latents``: final latents (B*F, C, h, w)."""
+    output size; ``latents``: final latents (B*F, C, h, w); ``settings``: the prompt as given and the
+    sampling settings (``seed``, ``steps``, ``guidance``, ``guidance_rescale``, ``sampler``)."""
 
     images: list[Image.Image]
     cameras: dict[str, Any]
     latents: torch.Tensor
     prompts: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def grid(self, rows: int | None = None) -> Image.Image:
-        """All views in one picture: one row per object."""
+        """All views in one picture, in ``rows`` rows (default: one per prompt)."""
         return image_grid(self.images, rows or max(1, len(self.prompts)))
+
+    def save(self, out: str | os.PathLike, rows: int | None = None) -> dict[str, Any]:
+        """Write what ``mvdream3d generate`` writes into the folder ``out``: ``view_OO_VV.png`` per view (object
+        OO, view VV), ``grid.png`` (``rows`` rows, default one per object) and ``cameras.json`` (the
+        ``settings``, the image size, the cameras and the view file names). Returns the cameras.json data."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        f = self.cameras["model_camera"].shape[0]
+        names = [f"view_{i // f:02d}_{i % f:02d}.png" for i in range(len(self.images))]
+        for im, name in zip(self.images, names, strict=True):
+            im.save(out / name)
+        self.grid(rows=rows or max(1, len(self.images) // f)).save(out / "grid.png")
+        cams = {
+            **self.settings, "height": self.images[0].height, "width": self.images[0].width,
+            "fov_deg": self.cameras["fov_deg"], "convention": self.cameras["convention"],
+            "elevation": self.cameras["elevation"], "azimuth": self.cameras["azimuth"],
+            "c2w": self.cameras["c2w"].tolist(), "model_camera": self.cameras["model_camera"].tolist(),
+            "intrinsics": self.cameras["intrinsics"].tolist(), "views": names,
+        }
+        atomic_write_text(out / "cameras.json", json.dumps(cams, indent=1))
+        return cams
 
 
 def image_grid(images: Sequence[Image.Image], rows: int) -> Image.Image:
@@ -212,7 +238,9 @@ class MultiViewPipeline:
         with torch.no_grad():
             images = torch.cat([m.decode_latents(z) for z in latents.split(8)])
         self._on(m.vae, torch.device("cpu"))
-        return MultiViewOutput(to_pil(images), cam_info, latents, prompts)
+        settings = {"prompt": prompt, "seed": seed, "steps": num_inference_steps, "guidance": guidance_scale,
+                    "guidance_rescale": float(guidance_rescale), "sampler": sampler}
+        return MultiViewOutput(to_pil(images), cam_info, latents, prompts, settings)
 
     @staticmethod
     def _cameras(cameras: Any, num_views: int, elevation: float, azimuth_start: float, azimuth_span: float,

@@ -42,6 +42,9 @@ from ..models.loading import resolve_model
 from ..models.model import MVDreamModel
 from ..signals import StopOnSignal
 from .dreambooth_inputs import check_memory, check_token, estimate_memory, load_subject_images
+from .dreambooth_outputs import GRID_AZIMUTHS as GRID_AZIMUTHS  # the grid's cameras, named here too
+from .dreambooth_outputs import GRID_ELEVATION as GRID_ELEVATION
+from .dreambooth_outputs import write_outputs
 from .lora import (
     DEFAULT_TARGETS,
     add_lora,
@@ -61,7 +64,6 @@ TRAIN_MODES = ("full", "attention", "lora")
 DEFAULT_LR = {"full": 5e-5, "attention": 1e-4, "lora": 1e-3}
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_TMP = f".{CHECKPOINT_DIR}.tmp"
-GRID_ELEVATION, GRID_AZIMUTHS = 15.0, (0.0, 90.0, 180.0, 270.0)
 
 
 class DreamBoothWarning(UserWarning):
@@ -405,9 +407,6 @@ def dreambooth(
     for p in mdl.unet.parameters():
         p.requires_grad_(False)
     seconds = seconds_before + time.perf_counter() - t0
-
-    from .dreambooth_outputs import write_outputs
-
     if on_stage is not None:
         on_stage("saving the model", 0, 1)
     stale = out / ("model.safetensors" if cfg.train == "lora" else "lora.safetensors")
