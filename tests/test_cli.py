@@ -73,6 +73,15 @@ def test_console_script_entry_point():
     assert r.returncode == 0 and "generate" in r.stdout
 
 
+def test_help_imports_the_command_line_and_its_errors_only():
+    """``mvdream3d --help`` stays fast: no config machinery (yaml), no model, no training module."""
+    code = ("import sys\nfrom mvdream3d.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('MODULES', sorted(m for m in sys.modules if m.startswith('mvdream3d')), 'yaml' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("MODULES"))
+    assert line == "MODULES ['mvdream3d', 'mvdream3d.cli', 'mvdream3d.errors', 'mvdream3d.files'] False", line
+
+
 def test_convert_to_fp16_halves_the_file_and_loads(tmp_path):
     import torch
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 import pytest
 
 from mvdream3d.files import (
+    atomic_write_bytes,
     atomic_write_text,
     backup_path,
     ensure_writable_dir,
@@ -44,6 +46,14 @@ def test_atomic_write_text_replaces_whole_files(tmp_path):
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
     with pytest.raises(FileNotFoundError):
         atomic_write_text(tmp_path / "no" / "such" / "dir.json", "x")
+
+
+def test_atomic_write_bytes_gives_the_usual_permissions(tmp_path):
+    path = atomic_write_bytes(tmp_path / "a.bin", b"\x00\xff")
+    assert path.read_bytes() == b"\x00\xff" and [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # not the 0600 of a temporary file
 
 
 def _folder(path, text):

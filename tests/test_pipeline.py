@@ -1,6 +1,9 @@
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mvdream3d import MultiViewPipeline, cameras
 
@@ -56,6 +59,30 @@ def test_several_prompts_and_objects(pipe):
                height=64, width=64, seed=0)
     assert len(out.images) == 8 and out.latents.shape[0] == 8
     assert out.grid(rows=4).size == (128, 256)
+
+
+def test_save_writes_views_grid_and_cameras_with_the_settings(pipe, tmp_path):
+    out = pipe("a red cube", num_objects=2, num_views=3, num_inference_steps=1, height=64, width=64, seed=5,
+               guidance_scale=3.0, sampler="euler", azimuth_start=30)
+    cams = out.save(tmp_path / "run")
+    names = [f"view_0{o}_0{v}.png" for o in range(2) for v in range(3)]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(["cameras.json", "grid.png", *names])
+    assert Image.open(tmp_path / "run" / "grid.png").size == (3 * 64, 2 * 64)  # one row per object
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "run" / names[4])), np.asarray(out.images[4]))
+    assert json.loads((tmp_path / "run" / "cameras.json").read_text()) == cams
+    assert {k: cams[k] for k in ("prompt", "seed", "steps", "guidance", "guidance_rescale", "sampler")} == {
+        "prompt": "a red cube", "seed": 5, "steps": 1, "guidance": 3.0, "guidance_rescale": 0.0, "sampler": "euler"}
+    assert cams["views"] == names and cams["azimuth"] == [30.0, 150.0, 270.0] and cams["height"] == 64
+    assert np.allclose(cams["c2w"], out.cameras["c2w"].numpy())
+
+
+def test_write_generation_is_save_with_the_settings_given(pipe, tmp_path):
+    from mvdream3d.cli import write_generation
+
+    out = _run(pipe, num_views=2)
+    cams = write_generation(out, tmp_path, prompt="p", seed=None, steps=7, guidance=2.0, sampler="ddim", rows=2)
+    assert (cams["prompt"], cams["seed"], cams["steps"], cams["guidance"]) == ("p", None, 7, 2.0)
+    assert Image.open(tmp_path / "grid.png").size == (64, 128) and out.settings["steps"] == 2
 
 
 def test_other_sampler_and_bf16(pipe):

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import CheckpointError
+
 if TYPE_CHECKING:  # torch is imported where a tensor is read or written: `mvdream3d --help` stays light
     import torch
 
@@ -23,6 +25,7 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model."
 CONFIG_METADATA_KEY = "mvdream3d_config"
+LORA_METADATA_KEY = "mvdream3d_lora"  # LoRA adapter files (models/lora.py)
 
 HF_REPO = "MVDream/MVDream"
 PUBLISHED_FILES = {
@@ -30,9 +33,18 @@ PUBLISHED_FILES = {
     "sd-v1.5-4view": "sd-v1.5-4view.pt",
 }
 
+#: The model file of an output folder (``train``, ``dreambooth``), which names the model as ``--model``
+MODEL_FILES_IN_FOLDER = ("model.safetensors", "lora.safetensors")
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or does not fit the model config."""
+
+def model_file_in(folder: str | os.PathLike) -> str:
+    """The model file of an output folder: its one model.safetensors or lora.safetensors."""
+    found = [os.path.join(folder, f) for f in MODEL_FILES_IN_FOLDER if os.path.isfile(os.path.join(folder, f))]
+    if len(found) != 1:
+        raise FileNotFoundError(f"model folder {folder} must hold exactly one of {', '.join(MODEL_FILES_IN_FOLDER)} "
+                                f"(found {len(found)}) or be a diffusers folder (model_index.json): pass the model "
+                                f"file itself")
+    return found[0]
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

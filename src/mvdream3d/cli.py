@@ -10,7 +10,7 @@ with one line ``error: ...`` on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import sys
 import time
@@ -18,15 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoints import CheckpointError
+from .errors import USER_ERRORS
 from .files import ensure_writable_dir
-from .training.config import ConfigError
 
 if TYPE_CHECKING:
     from .pipeline import MultiViewOutput
-
-USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, PermissionError, CheckpointError, NotADirectoryError,
-               FloatingPointError)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -50,24 +46,11 @@ def _load_pipeline(args: argparse.Namespace):
 
 def write_generation(res: MultiViewOutput, out: str | Path, *, prompt: str, seed: int | None, steps: int,
                      guidance: float, sampler: str, rows: int = 1, guidance_rescale: float = 0.0) -> dict[str, Any]:
-    """Write what ``mvdream3d generate`` writes: ``view_OO_VV.png`` per view, ``grid.png`` (``rows`` rows) and
-    ``cameras.json`` (the settings, cameras and view file names) into ``out``; returns the cameras.json data."""
-    out = Path(out)
-    f = res.cameras["model_camera"].shape[0]
-    for i, im in enumerate(res.images):
-        im.save(out / f"view_{i // f:02d}_{i % f:02d}.png")
-    res.grid(rows=rows).save(out / "grid.png")
-    cams = {
-        "prompt": prompt, "seed": seed, "steps": steps, "guidance": guidance, "guidance_rescale": guidance_rescale,
-        "sampler": sampler, "height": res.images[0].height, "width": res.images[0].width,
-        "fov_deg": res.cameras["fov_deg"], "convention": res.cameras["convention"],
-        "elevation": res.cameras["elevation"], "azimuth": res.cameras["azimuth"],
-        "c2w": res.cameras["c2w"].tolist(), "model_camera": res.cameras["model_camera"].tolist(),
-        "intrinsics": res.cameras["intrinsics"].tolist(),
-        "views": [f"view_{i // f:02d}_{i % f:02d}.png" for i in range(len(res.images))],
-    }
-    (out / "cameras.json").write_text(json.dumps(cams, indent=1))
-    return cams
+    """:meth:`MultiViewOutput.save` with these settings in cameras.json instead of the output's own (kept for
+    callers of this name); returns the cameras.json data."""
+    settings = {"prompt": prompt, "seed": seed, "steps": steps, "guidance": guidance,
+                "guidance_rescale": guidance_rescale, "sampler": sampler}
+    return dataclasses.replace(res, settings=settings).save(out, rows=rows)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -94,8 +77,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         guidance_rescale=args.guidance_rescale,
     )
     seconds = time.perf_counter() - t0
-    write_generation(res, out, prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                     sampler=args.sampler, rows=args.num_objects, guidance_rescale=args.guidance_rescale)
+    res.save(out, rows=args.num_objects)
     print(f"wrote {len(res.images)} views, grid.png and cameras.json to {out} in {seconds:.1f} s")
     return 0
 
@@ -111,12 +93,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if summary is not None:
         config, counts = summary
     else:
-        from .pipeline import resolve_model
+        from .models.loading import load_checkpoint_model, resolve_model
 
         if args.config is not None:
-            from .models.model import load_model
-
-            model = load_model(args.config, args.model_name)
+            model = load_checkpoint_model(args.model_name, args.config)
         else:
             model = resolve_model(args.model_name)
         config, counts = model.config, model.parameter_counts()
@@ -164,11 +144,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     ensure_writable_dir(Path(args.output).resolve().parent)
     if args.config is not None:
-        from .models.model import load_model
+        from .models.loading import load_checkpoint_model
 
-        model = load_model(args.config, args.input)  # validates every weight against the config
+        model = load_checkpoint_model(args.input, args.config)  # validates every weight against the config
     else:
-        from .pipeline import resolve_model
+        from .models.loading import resolve_model
 
         if not os.path.exists(args.input) and args.input.endswith((".pt", ".ckpt", ".pth", ".safetensors", ".bin")):
             raise FileNotFoundError(f"checkpoint not found: {args.input}")

@@ -287,7 +287,7 @@ def clip_keys_from_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def load_diffusers(folder: str | os.PathLike) -> MVDreamModel:
     """The model of a diffusers folder (this project's or the community conversion's), in float32."""
-    from .models.model import _load_part, build_model
+    from .models.model import build_model, load_part
     from .models.text_encoders import CLIPTextEncoder
     from .models.vae import diffusers_to_ldm, load_vae
 
@@ -295,7 +295,7 @@ def load_diffusers(folder: str | os.PathLike) -> MVDreamModel:
     cfg = diffusers_config(folder)
     model = build_model(cfg)
     name = str(folder)
-    _load_part(model.unet, _load_weights(weights_file(folder / "unet")), "UNet", name, None)
+    load_part(model.unet, _load_weights(weights_file(folder / "unet")), "UNet", name, None)
     if model.vae is not None:
         state = _load_weights(weights_file(folder / "vae"))
         vae_params = model.params["first_stage_config"]["params"]
@@ -305,7 +305,7 @@ def load_diffusers(folder: str | os.PathLike) -> MVDreamModel:
             raise CheckpointError(f"the VAE weights of {folder}/vae do not fit its config.json: {e}") from e
     if isinstance(model.text_encoder, CLIPTextEncoder):
         state = clip_keys_from_hf(_load_weights(weights_file(folder / "text_encoder", HF_WEIGHTS)))
-        _load_part(model.text_encoder, state, "text encoder", name, None)
+        load_part(model.text_encoder, state, "text encoder", name, None)
     return model.eval()
 
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-
-class MissingExtraError(ImportError, ValueError):
-    """An optional package is not installed; the message names the ``pip install 'mvdream3d[EXTRA]'`` fix.
-    A ValueError too, so that the command line reports it as one ``error:`` line."""
+from .errors import MissingExtraError
 
 
 def has_module(module: str) -> bool:

@@ -11,9 +11,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-
-class OutputDirError(PermissionError, ValueError):
-    """An output folder cannot be created or written (a user error: choose another --out)."""
+from .errors import OutputDirError
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -31,19 +29,35 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return p
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file beside it and a rename: a reader (or a run killed
-    mid-write) sees the old file or the new one, never half of it. Returns the path."""
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it and a rename: a reader (or a run killed
+    mid-write) sees the old file or the new one, never half of it. The file gets the usual permissions (0666
+    less the umask; a temporary file alone would be 0600). Returns the path."""
     p = Path(path)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), _FILE_MODE)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def truncate_jsonl(path: str | os.PathLike, step: int, key: str = "step") -> int:

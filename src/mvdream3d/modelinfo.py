@@ -21,13 +21,13 @@ from typing import Any
 from .checkpoints import (
     CONFIG_METADATA_KEY,
     FLOAT_DTYPES,
+    LORA_METADATA_KEY,
     TEXT_PREFIX,
     UNET_PREFIX,
     VAE_PREFIX,
+    model_file_in,
     read_safetensors_header,
 )
-
-LORA_METADATA_KEY = "mvdream3d_lora"  # as in training/lora.py (not imported: it imports torch)
 
 
 def _count(shapes: dict[str, tuple[str, list[int]]], prefix: str = "") -> int:
@@ -107,11 +107,10 @@ def summarize(ref: str | os.PathLike | None) -> tuple[dict[str, Any], dict[str, 
     if is_diffusers_folder(name):
         return _diffusers_summary(Path(name))
     if os.path.isdir(name):
-        found = [os.path.join(name, f) for f in ("model.safetensors", "lora.safetensors")
-                 if os.path.isfile(os.path.join(name, f))]
-        if len(found) != 1:
-            return None
-        name = found[0]
+        try:
+            name = model_file_in(name)
+        except FileNotFoundError:
+            return None  # the full loader reports it
     if not name.endswith(".safetensors"):
         return None
     shapes, meta = read_safetensors_header(name)

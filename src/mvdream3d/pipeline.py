@@ -9,9 +9,11 @@ Views of one object are consecutive (object-major): ``images[o * num_views + v]`
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +21,15 @@ import torch
 from PIL import Image
 
 from . import cameras as cam
-from .checkpoints import PUBLISHED_FILES, download_published
+from .checkpoints import MODEL_FILES_IN_FOLDER
+from .diffusers_layout import is_diffusers_folder
 from .diffusion.sampling import SAMPLERS, StepCallback, sample
-from .models.model import MVDreamModel, available_configs, build_model, load_model
+from .files import atomic_write_text
+from .models.loading import load_checkpoint_model, resolve_model
+from .models.model import MVDreamModel, build_model
+
+__all__ = ["DTYPES", "MODEL_FILES_IN_FOLDER", "MultiViewOutput", "MultiViewPipeline", "image_grid", "resolve_model",
+           "to_pil"]
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -33,16 +41,39 @@ class MultiViewOutput:
     ``cameras``: ``c2w`` (F, 4, 4) OpenGL camera-to-world (+y up, camera looks along -z),
     ``model_camera`` (F, 16) what the UNet saw, ``elevation``/``azimuth`` (F,) degrees or None for
     user cameras, ``fov_deg`` the vertical field of view assumed, ``intrinsics`` (3, 3) for the
-    output size; ``latents``: final latents (B*F, C, h, w)."""
+    output size; ``latents``: final latents (B*F, C, h, w); ``settings``: the prompt as given and the
+    sampling settings (``seed``, ``steps``, ``guidance``, ``guidance_rescale``, ``sampler``)."""
 
     images: list[Image.Image]
     cameras: dict[str, Any]
     latents: torch.Tensor
     prompts: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def grid(self, rows: int | None = None) -> Image.Image:
-        """All views in one picture: one row per object."""
+        """All views in one picture, in ``rows`` rows (default: one per prompt)."""
         return image_grid(self.images, rows or max(1, len(self.prompts)))
+
+    def save(self, out: str | os.PathLike, rows: int | None = None) -> dict[str, Any]:
+        """Write what ``mvdream3d generate`` writes into the folder ``out``: ``view_OO_VV.png`` per view (object
+        OO, view VV), ``grid.png`` (``rows`` rows, default one per object) and ``cameras.json`` (the
+        ``settings``, the image size, the cameras and the view file names). Returns the cameras.json data."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        f = self.cameras["model_camera"].shape[0]
+        names = [f"view_{i // f:02d}_{i % f:02d}.png" for i in range(len(self.images))]
+        for im, name in zip(self.images, names, strict=True):
+            im.save(out / name)
+        self.grid(rows=rows or max(1, len(self.images) // f)).save(out / "grid.png")
+        cams = {
+            **self.settings, "height": self.images[0].height, "width": self.images[0].width,
+            "fov_deg": self.cameras["fov_deg"], "convention": self.cameras["convention"],
+            "elevation": self.cameras["elevation"], "azimuth": self.cameras["azimuth"],
+            "c2w": self.cameras["c2w"].tolist(), "model_camera": self.cameras["model_camera"].tolist(),
+            "intrinsics": self.cameras["intrinsics"].tolist(), "views": names,
+        }
+        atomic_write_text(out / "cameras.json", json.dumps(cams, indent=1))
+        return cams
 
 
 def image_grid(images: Sequence[Image.Image], rows: int) -> Image.Image:
@@ -63,69 +94,6 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr.permute(0, 2, 3, 1).cpu().numpy()]
 
 
-def resolve_model(model: str | os.PathLike | MVDreamModel | None = None) -> MVDreamModel:
-    """A model from a name (published, shipped config), a checkpoint path, a DreamBooth LoRA file (merged into
-    the base model it names), an output folder holding model.safetensors or lora.safetensors, a diffusers
-    folder (model_index.json, unet/, ...: see :mod:`mvdream3d.diffusers_layout`), or the built-in default."""
-    if isinstance(model, MVDreamModel):
-        return model
-    from .builtin import DEFAULT_MODEL, builtin_model
-
-    name = DEFAULT_MODEL if model is None else str(model)
-    if name == DEFAULT_MODEL or name.startswith("tiny-random"):
-        return builtin_model(name)
-    if name in PUBLISHED_FILES:
-        return load_model(name, download_published(name))
-    if os.path.isdir(name):
-        from .diffusers_layout import is_diffusers_folder, load_diffusers
-
-        if is_diffusers_folder(name):
-            return load_diffusers(name)
-        name = _model_file_in(name)
-    if os.path.exists(name):
-        from .training.lora import is_lora_file, load_lora_model
-
-        if is_lora_file(name):  # DreamBooth adapters: the base model they name, adapters merged
-            return load_lora_model(name)
-        return load_model(_sidecar_config(name), name)
-    known = sorted({DEFAULT_MODEL, "tiny-random", *PUBLISHED_FILES})
-    if name in available_configs():
-        raise FileNotFoundError(f"{name!r} is a config without weights; pass a checkpoint path too")
-    raise FileNotFoundError(f"model {name!r} is not a checkpoint file nor a known model ({', '.join(known)})")
-
-
-MODEL_FILES_IN_FOLDER = ("model.safetensors", "lora.safetensors")
-
-
-def _model_file_in(folder: str) -> str:
-    """The model file of an output folder (``train``, ``dreambooth``): model.safetensors or lora.safetensors."""
-    found = [os.path.join(folder, f) for f in MODEL_FILES_IN_FOLDER if os.path.isfile(os.path.join(folder, f))]
-    if len(found) != 1:
-        raise FileNotFoundError(f"model folder {folder} must hold exactly one of {', '.join(MODEL_FILES_IN_FOLDER)} "
-                                f"(found {len(found)}) or be a diffusers folder (model_index.json): pass the model "
-                                f"file itself")
-    return found[0]
-
-
-def _sidecar_config(path: str) -> str | None:
-    """Config for a checkpoint without an embedded one: a YAML beside it, or None (use embedded)."""
-    for cand in (os.path.splitext(path)[0] + ".yaml", os.path.join(os.path.dirname(path), "config.yaml")):
-        if os.path.isfile(cand):
-            return cand
-    from .checkpoints import read_checkpoint
-
-    state, embedded = read_checkpoint(path)
-    if embedded is not None:
-        return None
-    from .checkpoints import split_state_dict
-    from .models.model import _guess_published_name
-
-    guess = _guess_published_name(split_state_dict(state)["unet"])
-    if guess is None:
-        raise ValueError(f"{path} carries no config and is not a published model: put its YAML beside it")
-    return guess
-
-
 class MultiViewPipeline:
     """Multi-view text-to-image generation with an :class:`MVDreamModel`."""
 
@@ -144,16 +112,13 @@ class MultiViewPipeline:
     def from_checkpoint(cls, path: str | os.PathLike, config: str | os.PathLike | Mapping | None = None,
                         device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32"
                         ) -> MultiViewPipeline:
-        """Load a .pt/.safetensors checkpoint; ``config`` as in :func:`mvdream3d.load_model` (None:
-        the config embedded in the file, a YAML beside it, or the published config it matches)."""
-        from .diffusers_layout import is_diffusers_folder
-
+        """Load a .pt/.safetensors checkpoint, reading it once; ``config`` as in :func:`mvdream3d.load_model`
+        (None: a YAML beside it, the config embedded in the file, or the published config it matches)."""
         if is_diffusers_folder(path):
             if config is not None:
                 raise ValueError(f"{path} is a diffusers folder, which carries its own config: drop --config")
             return cls.from_pretrained(path, device, dtype)
-        cfg = config if config is not None else _sidecar_config(str(path))
-        return cls(load_model(cfg, path)).to(device, dtype)
+        return cls(load_checkpoint_model(path, config)).to(device, dtype)
 
     @classmethod
     def from_config(cls, config: str | os.PathLike | Mapping) -> MultiViewPipeline:
@@ -273,7 +238,9 @@ class MultiViewPipeline:
         with torch.no_grad():
             images = torch.cat([m.decode_latents(z) for z in latents.split(8)])
         self._on(m.vae, torch.device("cpu"))
-        return MultiViewOutput(to_pil(images), cam_info, latents, prompts)
+        settings = {"prompt": prompt, "seed": seed, "steps": num_inference_steps, "guidance": guidance_scale,
+                    "guidance_rescale": float(guidance_rescale), "sampler": sampler}
+        return MultiViewOutput(to_pil(images), cam_info, latents, prompts, settings)
 
     @staticmethod
     def _cameras(cameras: Any, num_views: int, elevation: float, azimuth_start: float, azimuth_span: float,

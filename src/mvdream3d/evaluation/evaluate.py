@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..data import synth
+from ..data.render import AssetWarning
+from ..errors import print_warnings_plainly
 from ..files import ensure_writable_dir
 from .classifier import (
     _nan_to_none,
@@ -434,9 +436,7 @@ def add_evaluate_subparser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..data.render import _print_warnings_plainly
-
-    with _print_warnings_plainly():
+    with print_warnings_plainly(AssetWarning):
         report = evaluate(
             args.model, args.out, prompts=args.prompts, num_objects=args.num_objects, steps=args.steps,
             guidance=args.guidance, size=args.size, seed=args.seed, ground_truth=args.ground_truth,

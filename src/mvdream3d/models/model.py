@@ -190,7 +190,9 @@ def build_model(config: str | os.PathLike | Mapping[str, Any]) -> MVDreamModel:
     return MVDreamModel(cfg, unet, vae, text)
 
 
-def _guess_published_name(unet_state: Mapping[str, torch.Tensor]) -> str | None:
+def guess_published_name(unet_state: Mapping[str, torch.Tensor]) -> str | None:
+    """The published config ("sd-v2.1-base-4view", "sd-v1.5-4view") whose UNet has the shapes of ``unet_state``
+    (UNet weights without prefix), from its cross-attention width and proj_in kind; None for any other UNet."""
     w = unet_state.get("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
     if w is None or unet_state.get("input_blocks.1.1.proj_in.weight") is None:
         return None
@@ -198,8 +200,11 @@ def _guess_published_name(unet_state: Mapping[str, torch.Tensor]) -> str | None:
     return {(1024, True): "sd-v2.1-base-4view", (768, False): "sd-v1.5-4view"}.get((w.shape[1], linear))
 
 
-def _load_part(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, config_name: str,
-               guess: str | None) -> None:
+def load_part(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, config_name: str,
+              guess: str | None) -> None:
+    """Load ``state`` into ``module`` (the model's ``what``: "UNet", "text encoder") strictly, or raise a
+    :class:`CheckpointError` that counts the missing, unexpected and mismatched keys, names the config and,
+    when ``guess`` names another published config the weights fit, says to pass that one."""
     own = module.state_dict()
     # transformers-version-dependent buffer: present in old SD 1.5 checkpoints, absent in new ones;
     # the text encoder's load hooks add or drop it.
@@ -249,10 +254,10 @@ def load_model(config: str | os.PathLike | Mapping[str, Any] | None,
         else "<dict config>"
     model = build_model(config)
     parts = split_state_dict(state)
-    guess = _guess_published_name(parts["unet"])
+    guess = guess_published_name(parts["unet"])
     if not parts["unet"]:
         raise CheckpointError(f"checkpoint has no UNet weights (no keys starting with {UNET_PREFIX!r})")
-    _load_part(model.unet, parts["unet"], "UNet", config_name, guess)
+    load_part(model.unet, parts["unet"], "UNet", config_name, guess)
     if model.vae is not None:
         if not parts["vae"]:
             raise CheckpointError(f"config {config_name!r} has a VAE but the checkpoint has no {VAE_PREFIX} keys")
@@ -265,7 +270,7 @@ def load_model(config: str | os.PathLike | Mapping[str, Any] | None,
         if not parts["text"]:
             raise CheckpointError(
                 f"config {config_name!r} has a text encoder but the checkpoint has no {TEXT_PREFIX} keys")
-        _load_part(model.text_encoder, parts["text"], "text encoder", config_name, guess)
+        load_part(model.text_encoder, parts["text"], "text encoder", config_name, guess)
     stray = [k for k in parts["other"] if k not in SCHEDULE_BUFFER_NAMES]
     if stray:
         raise CheckpointError(f"checkpoint has {len(stray)} unexpected keys, e.g. {stray[:3]}")

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..training.config import ConfigError, _check, _section, apply_overrides
+from ..config_core import ConfigError, apply_overrides, check, parse_section, read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "text_to_3d"
 
@@ -156,53 +154,53 @@ _CLASSES = {"geometry": GeometrySection, "renderer": RendererSection, "material"
 
 
 def _pair(v: Any, key: str, lo: float = -float("inf"), hi: float = float("inf")) -> list[float]:
-    _check(isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, int | float) for x in v),
+    check(isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, int | float) for x in v),
            key, "must be two numbers", v)
-    _check(lo <= v[0] <= v[1] <= hi, key, f"must satisfy {lo} <= first <= second <= {hi}", v)
+    check(lo <= v[0] <= v[1] <= hi, key, f"must satisfy {lo} <= first <= second <= {hi}", v)
     return [float(v[0]), float(v[1])]
 
 
 def validate(cfg: TextTo3DConfig) -> TextTo3DConfig:
     g, c, gd, o, e, out = cfg.geometry, cfg.cameras, cfg.guidance, cfg.optim, cfg.export, cfg.output
-    _check(g.radius > 0, "geometry.radius", "must be > 0", g.radius)
-    _check(g.n_levels >= 1, "geometry.n_levels", "must be >= 1", g.n_levels)
-    _check(8 <= g.log2_hashmap_size <= 24, "geometry.log2_hashmap_size", "must be in [8, 24]", g.log2_hashmap_size)
-    _check(g.normal_type in ("analytic", "finite_difference"), "geometry.normal_type",
+    check(g.radius > 0, "geometry.radius", "must be > 0", g.radius)
+    check(g.n_levels >= 1, "geometry.n_levels", "must be >= 1", g.n_levels)
+    check(8 <= g.log2_hashmap_size <= 24, "geometry.log2_hashmap_size", "must be in [8, 24]", g.log2_hashmap_size)
+    check(g.normal_type in ("analytic", "finite_difference"), "geometry.normal_type",
            "must be analytic or finite_difference", g.normal_type)
-    _check(cfg.renderer.num_samples_per_ray >= 4, "renderer.num_samples_per_ray", "must be >= 4",
+    check(cfg.renderer.num_samples_per_ray >= 4, "renderer.num_samples_per_ray", "must be >= 4",
            cfg.renderer.num_samples_per_ray)
-    _check(0 <= cfg.material.textureless_prob <= 1, "material.textureless_prob", "must be in [0, 1]",
+    check(0 <= cfg.material.textureless_prob <= 1, "material.textureless_prob", "must be in [0, 1]",
            cfg.material.textureless_prob)
-    _check(cfg.background.name in ("solid", "random", "learned"), "background.name",
+    check(cfg.background.name in ("solid", "random", "learned"), "background.name",
            "must be solid, random or learned", cfg.background.name)
-    _check(c.n_view >= 1, "cameras.n_view", "must be >= 1", c.n_view)
+    check(c.n_view >= 1, "cameras.n_view", "must be >= 1", c.n_view)
     for key in ("elevation_range", "azimuth_range", "fovy_range", "camera_distance_range", "light_distance_range"):
         setattr(c, key, _pair(getattr(c, key), f"cameras.{key}"))
-    _check(0 < c.fovy_range[0] and c.fovy_range[1] < 180, "cameras.fovy_range", "must lie in (0, 180)", c.fovy_range)
+    check(0 < c.fovy_range[0] and c.fovy_range[1] < 180, "cameras.fovy_range", "must lie in (0, 180)", c.fovy_range)
     ms = c.resolution_milestones
-    _check(isinstance(ms, list) and ms and all(isinstance(m, list | tuple) and len(m) == 3 for m in ms),
+    check(isinstance(ms, list) and ms and all(isinstance(m, list | tuple) and len(m) == 3 for m in ms),
            "cameras.resolution_milestones", "must be a list of [from_step, resolution, batch_size]", ms)
     for m in ms:
-        _check(m[1] >= 8 and m[2] >= 1 and m[2] % c.n_view == 0, "cameras.resolution_milestones",
+        check(m[1] >= 8 and m[2] >= 1 and m[2] % c.n_view == 0, "cameras.resolution_milestones",
                f"need resolution >= 8 and a batch size that is a multiple of n_view={c.n_view}", m)
-    _check(gd.name in ("multiview", "2d"), "guidance.name", "must be multiview or 2d", gd.name)
-    _check(gd.loss_type in ("x0_recon", "sds"), "guidance.loss_type", "must be x0_recon or sds", gd.loss_type)
-    _check(gd.guidance_scale >= 0, "guidance.guidance_scale", "must be >= 0", gd.guidance_scale)
-    _check(0 <= gd.recon_std_rescale <= 1, "guidance.recon_std_rescale", "must be in [0, 1]", gd.recon_std_rescale)
+    check(gd.name in ("multiview", "2d"), "guidance.name", "must be multiview or 2d", gd.name)
+    check(gd.loss_type in ("x0_recon", "sds"), "guidance.loss_type", "must be x0_recon or sds", gd.loss_type)
+    check(gd.guidance_scale >= 0, "guidance.guidance_scale", "must be >= 0", gd.guidance_scale)
+    check(0 <= gd.recon_std_rescale <= 1, "guidance.recon_std_rescale", "must be in [0, 1]", gd.recon_std_rescale)
     gd.t_start, gd.t_end = _pair(gd.t_start, "guidance.t_start", 0, 1), _pair(gd.t_end, "guidance.t_end", 0, 1)
-    _check(gd.anneal_steps >= 1, "guidance.anneal_steps", "must be >= 1", gd.anneal_steps)
-    _check(o.steps >= 1, "optim.steps", "must be >= 1 (the number of optimisation steps)", o.steps)
+    check(gd.anneal_steps >= 1, "guidance.anneal_steps", "must be >= 1", gd.anneal_steps)
+    check(o.steps >= 1, "optim.steps", "must be >= 1 (the number of optimisation steps)", o.steps)
     for key in ("lr_encoding", "lr_mlp", "lr_background"):
-        _check(getattr(o, key) > 0, f"optim.{key}", "must be > 0", getattr(o, key))
+        check(getattr(o, key) > 0, f"optim.{key}", "must be > 0", getattr(o, key))
     o.betas = _pair(o.betas, "optim.betas", 0, 0.999999)
-    _check(e.threshold is None or (isinstance(e.threshold, int | float) and e.threshold > 0), "export.threshold",
+    check(e.threshold is None or (isinstance(e.threshold, int | float) and e.threshold > 0), "export.threshold",
            "must be a density > 0 or null (chosen from the rendered opacity)", e.threshold)
-    _check(e.mesh_resolution >= 16, "export.mesh_resolution", "must be >= 16", e.mesh_resolution)
-    _check(e.video_frames >= 1, "export.video_frames", "must be >= 1", e.video_frames)
-    _check(out.checkpoint_every >= 1, "output.checkpoint_every", "must be >= 1", out.checkpoint_every)
-    _check(out.progress_every >= 0, "output.progress_every", "must be >= 0 (0 disables)", out.progress_every)
-    _check(out.log_every >= 1, "output.log_every", "must be >= 1", out.log_every)
-    _check(out.dtype in ("auto", "fp32", "fp16", "bf16"), "output.dtype", "must be auto, fp32, fp16 or bf16",
+    check(e.mesh_resolution >= 16, "export.mesh_resolution", "must be >= 16", e.mesh_resolution)
+    check(e.video_frames >= 1, "export.video_frames", "must be >= 1", e.video_frames)
+    check(out.checkpoint_every >= 1, "output.checkpoint_every", "must be >= 1", out.checkpoint_every)
+    check(out.progress_every >= 0, "output.progress_every", "must be >= 0 (0 disables)", out.progress_every)
+    check(out.log_every >= 1, "output.log_every", "must be >= 1", out.log_every)
+    check(out.dtype in ("auto", "fp32", "fp16", "bf16"), "output.dtype", "must be auto, fp32, fp16 or bf16",
            out.dtype)
     return cfg
 
@@ -214,8 +212,8 @@ def config_from_dict(raw: dict[str, Any]) -> TextTo3DConfig:
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}; known: {sorted([*_CLASSES, 'model'])}")
     model = raw.get("model")
-    _check(model is None or isinstance(model, str), "model", "must be a model name or path", model)
-    cfg = TextTo3DConfig(model=model, **{k: _section(cls, raw.get(k), k) for k, cls in _CLASSES.items()})
+    check(model is None or isinstance(model, str), "model", "must be a model name or path", model)
+    cfg = TextTo3DConfig(model=model, **{k: parse_section(cls, raw.get(k), k) for k, cls in _CLASSES.items()})
     return validate(cfg)
 
 
@@ -247,9 +245,6 @@ def load_text_to_3d_config(config: str | os.PathLike | dict | None, overrides: l
         if not path.is_file():
             raise FileNotFoundError(f"text-to-3D config {name!r} not found: give a YAML path or one of "
                                     f"{available_configs()}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        raw = read_yaml(path)
     apply_overrides(raw, overrides, top_level=("model",))
     return config_from_dict(raw)

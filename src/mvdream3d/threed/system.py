@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from ..cameras import get_rays
 from ..devices import resolve_device
 from ..files import ensure_writable_dir, remove_stale_temporaries, replace_dir, truncate_jsonl
+from ..models.loading import resolve_model
 from ..models.model import MVDreamModel
 from ..signals import StopOnSignal
 from .background import build_background
@@ -371,8 +372,6 @@ def text_to_3d(
         on_stage: told the progress of the work around the optimisation steps (the preview, saving, the
             export's stages, the curves; see :data:`StageCallback`), e.g. for a progress display.
     """
-    from ..pipeline import resolve_model
-
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty: give a text prompt, e.g. \"a red cube with a yellow nose\"")
     if steps is not None and steps < 1:

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.loading import read_autoencoder as read_autoencoder  # its file's reader, with every model loader
+
 VAE_FILE = "vae.safetensors"
 
 
@@ -248,17 +250,6 @@ def train_autoencoder(recipe: AutoencoderRecipe, out: str | Path, resume: bool =
     (out / "metrics.json").write_text(json.dumps(dict(metrics, scale_factor=scale), indent=1))
     print(f"wrote {path}: held-out PSNR {metrics['holdout_psnr_db']:.2f} dB, scale_factor {scale:.4f}")
     return path
-
-
-def read_autoencoder(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(embedded config, VAE state dict with published names and no prefix) of a ``vae.safetensors``."""
-    from ..checkpoints import VAE_PREFIX, read_checkpoint
-
-    state, config = read_checkpoint(path)
-    if not config or "first_stage_config" not in config:
-        raise ValueError(f"{path} is not an autoencoder written by `mvdream3d train-vae` (no first_stage_config "
-                         "in its metadata)")
-    return config, {k[len(VAE_PREFIX):]: v for k, v in state.items() if k.startswith(VAE_PREFIX)}
 
 
 def add_train_vae_subparser(subparsers: Any) -> None:

@@ -23,15 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A training config key is unknown or has a bad value."""
+from ..config_core import ConfigError, apply_overrides, check, parse_section, read_yaml
 
 
 @dataclass
@@ -107,78 +103,48 @@ class TrainConfig:
         return d
 
 
-def _section(cls: type, raw: Any, name: str) -> Any:
-    if raw is None:
-        return cls()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{name}: must be a mapping, got {type(raw).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"{name}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    values = {}
-    for k, v in raw.items():
-        default = getattr(cls(), k)
-        if isinstance(default, bool) and not isinstance(v, bool):
-            raise ConfigError(f"{name}.{k}: must be true or false, got {v!r}")
-        if isinstance(default, float) and isinstance(v, int | float) and not isinstance(v, bool):
-            v = float(v)
-        elif isinstance(default, int) and not isinstance(default, bool) and not (
-                isinstance(v, int) and not isinstance(v, bool)):
-            raise ConfigError(f"{name}.{k}: must be an integer, got {v!r}")
-        elif isinstance(default, float) and not isinstance(v, float):
-            raise ConfigError(f"{name}.{k}: must be a number, got {v!r}")
-        values[k] = v
-    return cls(**values)
-
-
-def _check(cond: bool, key: str, msg: str, value: Any) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}, got {value!r}")
-
-
 def validate(cfg: TrainConfig) -> TrainConfig:
     d, t, o, m = cfg.data, cfg.train, cfg.output, cfg.model
-    _check(d.multiview is not None or d.image_text is not None, "data",
+    check(d.multiview is not None or d.image_text is not None, "data",
            "needs at least one of multiview / image_text", None)
-    _check(d.num_views >= 1, "data.num_views", "must be >= 1", d.num_views)
-    _check(d.image_size >= 8, "data.image_size", "must be >= 8", d.image_size)
-    _check(0.0 <= d.p_2d <= 1.0, "data.p_2d", "must be in [0, 1]", d.p_2d)
-    _check(0.0 <= d.caption_dropout <= 1.0, "data.caption_dropout", "must be in [0, 1]", d.caption_dropout)
-    _check(d.batch_size >= 1, "data.batch_size", "must be >= 1", d.batch_size)
-    _check(d.batch_size_2d is None or d.batch_size_2d >= 1, "data.batch_size_2d", "must be >= 1", d.batch_size_2d)
-    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0", d.num_workers)
-    _check(t.steps >= 1, "train.steps", "must be >= 1", t.steps)
-    _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
-    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
-    _check(isinstance(t.betas, list | tuple) and len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
+    check(d.num_views >= 1, "data.num_views", "must be >= 1", d.num_views)
+    check(d.image_size >= 8, "data.image_size", "must be >= 8", d.image_size)
+    check(0.0 <= d.p_2d <= 1.0, "data.p_2d", "must be in [0, 1]", d.p_2d)
+    check(0.0 <= d.caption_dropout <= 1.0, "data.caption_dropout", "must be in [0, 1]", d.caption_dropout)
+    check(d.batch_size >= 1, "data.batch_size", "must be >= 1", d.batch_size)
+    check(d.batch_size_2d is None or d.batch_size_2d >= 1, "data.batch_size_2d", "must be >= 1", d.batch_size_2d)
+    check(d.num_workers >= 0, "data.num_workers", "must be >= 0", d.num_workers)
+    check(t.steps >= 1, "train.steps", "must be >= 1", t.steps)
+    check(t.lr > 0, "train.lr", "must be > 0", t.lr)
+    check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
+    check(isinstance(t.betas, list | tuple) and len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
            "train.betas", "must be two numbers in [0, 1)", t.betas)
     t.betas = (float(t.betas[0]), float(t.betas[1]))
-    _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
-    _check(t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule", "must be constant, linear or cosine",
+    check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
+    check(t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule", "must be constant, linear or cosine",
            t.lr_schedule)
-    _check(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must be in [0, 1]", t.min_lr_ratio)
-    _check(t.decay_steps >= 0, "train.decay_steps", "must be >= 0", t.decay_steps)
-    _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1", t.grad_accum)
-    _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)", t.grad_clip)
-    _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1) (0 disables EMA)", t.ema_decay)
-    _check(t.min_snr_gamma >= 0, "train.min_snr_gamma", "must be >= 0 (0 disables it)", t.min_snr_gamma)
-    _check(t.feature_loss_weight >= 0, "train.feature_loss_weight", "must be >= 0 (0 disables it)",
+    check(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must be in [0, 1]", t.min_lr_ratio)
+    check(t.decay_steps >= 0, "train.decay_steps", "must be >= 0", t.decay_steps)
+    check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1", t.grad_accum)
+    check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)", t.grad_clip)
+    check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1) (0 disables EMA)", t.ema_decay)
+    check(t.min_snr_gamma >= 0, "train.min_snr_gamma", "must be >= 0 (0 disables it)", t.min_snr_gamma)
+    check(t.feature_loss_weight >= 0, "train.feature_loss_weight", "must be >= 0 (0 disables it)",
            t.feature_loss_weight)
     if t.feature_loss_steps is not None:
         w = t.feature_loss_steps
-        _check(isinstance(w, list | tuple) and len(w) == 2 and all(isinstance(x, int) for x in w) and 0 <= w[0] < w[1],
+        check(isinstance(w, list | tuple) and len(w) == 2 and all(isinstance(x, int) for x in w) and 0 <= w[0] < w[1],
                "train.feature_loss_steps", "must be [start, end] steps with 0 <= start < end, or null for all steps", w)
     if t.mixed_precision is False:  # YAML reads a bare `no` as False
         t.mixed_precision = "no"
-    _check(t.mixed_precision in ("no", "auto", "bf16", "fp16"), "train.mixed_precision",
+    check(t.mixed_precision in ("no", "auto", "bf16", "fp16"), "train.mixed_precision",
            "must be no, auto (bf16 where the device has native bf16 units, else fp32), bf16 or fp16",
            t.mixed_precision)
-    _check(o.checkpoint_every >= 1, "output.checkpoint_every", "must be >= 1", o.checkpoint_every)
-    _check(o.keep_checkpoints >= 1, "output.keep_checkpoints", "must be >= 1", o.keep_checkpoints)
-    _check(o.log_every >= 1, "output.log_every", "must be >= 1", o.log_every)
-    _check(o.sample_every >= 0, "output.sample_every", "must be >= 0 (0 disables samples)", o.sample_every)
-    _check(m.prediction_type in (None, "eps", "v"), "model.prediction_type", "must be eps or v", m.prediction_type)
+    check(o.checkpoint_every >= 1, "output.checkpoint_every", "must be >= 1", o.checkpoint_every)
+    check(o.keep_checkpoints >= 1, "output.keep_checkpoints", "must be >= 1", o.keep_checkpoints)
+    check(o.log_every >= 1, "output.log_every", "must be >= 1", o.log_every)
+    check(o.sample_every >= 0, "output.sample_every", "must be >= 0 (0 disables samples)", o.sample_every)
+    check(m.prediction_type in (None, "eps", "v"), "model.prediction_type", "must be eps or v", m.prediction_type)
     return cfg
 
 
@@ -190,7 +156,7 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}; known: {sorted(sections)}")
-    cfg = TrainConfig(**{k: _section(cls, raw.get(k), k) for k, cls in sections.items()})
+    cfg = TrainConfig(**{k: parse_section(cls, raw.get(k), k) for k, cls in sections.items()})
     return validate(cfg)
 
 
@@ -199,26 +165,6 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    raw = read_yaml(path)
     apply_overrides(raw, overrides)
     return config_from_dict(raw)
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, top_level: tuple[str, ...] = ()) -> None:
-    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config mapping in place;
-    keys named in ``top_level`` may be set directly (``model=...``)."""
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if sep and key in top_level:
-            raw[key] = yaml.safe_load(value)
-            continue
-        if not sep or "." not in key:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        section, name = key.split(".", 1)
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raise ConfigError(f"override {item!r}: {section} is not a section")
-        raw[section][name] = yaml.safe_load(value)

@@ -13,7 +13,7 @@ its attention layers (``attention``), or LoRA adapters on the attention projecti
 subject, and text-to-3D turns them into an object.
 
 Outputs in ``out``: ``model.safetensors`` (a complete checkpoint) or ``lora.safetensors`` (adapters only;
-loaded by every command through :func:`mvdream3d.pipeline.resolve_model`, which merges them into the
+loaded by every command through :func:`mvdream3d.models.loading.resolve_model`, which merges them into the
 base model named inside), ``grid.png`` (4 views of the prompt at elevation 15, azimuths 0/90/180/270),
 ``loss.png`` and ``summary.json``. Ctrl-C saves a checkpoint under ``out/checkpoint`` (and so does every
 ``checkpoint_every`` steps); ``resume=True`` continues from it, its loss history cut at its step, and the
@@ -38,9 +38,13 @@ from tqdm.auto import tqdm
 
 from ..devices import resolve_device
 from ..files import ensure_writable_dir, remove_stale_temporaries, replace_dir
+from ..models.loading import resolve_model
 from ..models.model import MVDreamModel
 from ..signals import StopOnSignal
 from .dreambooth_inputs import check_memory, check_token, estimate_memory, load_subject_images
+from .dreambooth_outputs import GRID_AZIMUTHS as GRID_AZIMUTHS  # the grid's cameras, named here too
+from .dreambooth_outputs import GRID_ELEVATION as GRID_ELEVATION
+from .dreambooth_outputs import write_outputs
 from .lora import (
     DEFAULT_TARGETS,
     add_lora,
@@ -60,7 +64,6 @@ TRAIN_MODES = ("full", "attention", "lora")
 DEFAULT_LR = {"full": 5e-5, "attention": 1e-4, "lora": 1e-3}
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_TMP = f".{CHECKPOINT_DIR}.tmp"
-GRID_ELEVATION, GRID_AZIMUTHS = 15.0, (0.0, 90.0, 180.0, 270.0)
 
 
 class DreamBoothWarning(UserWarning):
@@ -271,7 +274,7 @@ def dreambooth(
         images: 3-10 photos: a folder, a folder of subfolders or a list file (see :func:`find_subject_images`),
             or a tensor (N, 3, H, W) in [-1, 1].
         token, class_word: the prompt is "a <token> <class_word>" (override ``cfg``'s).
-        model: anything :func:`mvdream3d.pipeline.resolve_model` takes (None: the built-in model). A model
+        model: anything :func:`mvdream3d.models.loading.resolve_model` takes (None: the built-in model). A model
             object is fine-tuned in place.
         cfg: :class:`DreamBoothConfig`; ``overrides`` replace its fields (``steps=50``, ``train="lora"``...).
         resume: continue the stopped run in ``out`` (same settings; ``steps`` may grow).
@@ -282,8 +285,6 @@ def dreambooth(
     Raises ValueError (bad settings or inputs, an estimate above the free memory), FileNotFoundError,
     OutputDirError.
     """
-    from ..pipeline import resolve_model
-
     known = {f.name for f in fields(DreamBoothConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -406,9 +407,6 @@ def dreambooth(
     for p in mdl.unet.parameters():
         p.requires_grad_(False)
     seconds = seconds_before + time.perf_counter() - t0
-
-    from .dreambooth_outputs import write_outputs
-
     if on_stage is not None:
         on_stage("saving the model", 0, 1)
     stale = out / ("model.safetensors" if cfg.train == "lora" else "lora.safetensors")

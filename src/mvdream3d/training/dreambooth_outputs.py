@@ -10,14 +10,15 @@ from typing import Any
 
 import numpy as np
 
+from ..pipeline import MultiViewPipeline
+
+GRID_ELEVATION, GRID_AZIMUTHS = 15.0, (0.0, 90.0, 180.0, 270.0)  # the views of grid.png (the evaluation cameras)
+
 
 def write_grid(model: Any, prompt: str, path: Path, size: int, steps: int, guidance: float, seed: int,
                on_step: Callable[[int, int], None] | None = None) -> Path:
     """4 views of ``prompt`` at elevation 15, azimuths 0/90/180/270 (the evaluation cameras) in one row;
     ``on_step(done, steps)`` is told each sampling step."""
-    from ..pipeline import MultiViewPipeline
-    from .dreambooth import GRID_AZIMUTHS, GRID_ELEVATION
-
     res = MultiViewPipeline(model)(prompt, num_views=len(GRID_AZIMUTHS), elevation=GRID_ELEVATION,
                                    azimuth_start=GRID_AZIMUTHS[0], azimuth_span=360, guidance_scale=guidance,
                                    num_inference_steps=steps, seed=seed, height=size, width=size,

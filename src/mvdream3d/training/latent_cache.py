@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..files import atomic_write_bytes
+
 CACHE_FILE = "latent_cache.safetensors"
 
 
@@ -126,15 +128,13 @@ class LatentCache:
     def save(self, path: str | os.PathLike, key: str) -> Path:
         from safetensors.torch import save
 
-        from ..data.render import _atomic_write_bytes
-
         tensors = {k: v.contiguous() for k, v in (("mv_latents", self.mv_latents), ("mv_masks", self.mv_masks),
                                                    ("im_latents", self.im_latents)) if v is not None}
         if self.mv_c2w is not None:
             tensors["mv_c2w"] = torch.from_numpy(self.mv_c2w)
         meta = {"key": key, "mv_captions": self.mv_captions, "im_captions": self.im_captions}
         path = Path(path)
-        _atomic_write_bytes(path, save(tensors, metadata={"meta": json.dumps(meta)}))
+        atomic_write_bytes(path, save(tensors, metadata={"meta": json.dumps(meta)}))
         self.key = key
         return path
 

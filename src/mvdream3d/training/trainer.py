@@ -32,10 +32,10 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from ..builtin import DEFAULT_MODEL, builtin_weights_path
 from ..checkpoints import read_checkpoint, split_state_dict, write_checkpoint
 from ..devices import resolve_mixed_precision
 from ..files import remove_stale_temporaries, truncate_jsonl
+from ..models.loading import checkpoint_path, read_autoencoder
 from ..models.model import MVDreamModel, build_model, load_model, resolve_config
 from ..signals import StopOnSignal
 from .config import TrainConfig, TrainSection, config_from_dict
@@ -65,8 +65,6 @@ def init_model(cfg: TrainConfig) -> MVDreamModel:
     params.setdefault("prompt_suffix", "")
     vae_state = None
     if cfg.model.vae is not None:
-        from .autoencoder import read_autoencoder
-
         vae_file, vae_state = read_autoencoder(cfg.model.vae)
         params["first_stage_config"] = vae_file["first_stage_config"]
         params["scale_factor"] = vae_file["scale_factor"]
@@ -81,9 +79,7 @@ def init_model(cfg: TrainConfig) -> MVDreamModel:
 
             model.vae = load_vae(params["first_stage_config"]["params"], vae_state)
         return model
-    if init == DEFAULT_MODEL:
-        init = str(builtin_weights_path(init))  # continue from the shipped model's weights
-    state, _ = read_checkpoint(init)
+    state, _ = read_checkpoint(checkpoint_path(init))  # mvdream3d-tiny: the shipped model's weights
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 files train in fp32
     parts = split_state_dict(state)
     model = build_model(model_cfg)
@@ -571,8 +567,6 @@ def provenance(cfg: TrainConfig, step: int, use_ema: bool = True) -> dict[str, A
         commit = None
     info: dict[str, Any] = {"recipe": cfg.to_dict(), "step": int(step), "ema": bool(use_ema), "commit": commit}
     if cfg.model.vae is not None:
-        from .autoencoder import read_autoencoder
-
         vae_config, _ = read_autoencoder(cfg.model.vae)
         info["vae"] = {k: vae_config.get(k) for k in ("recipe", "metrics", "scale_factor")}
     return info

@@ -6,11 +6,9 @@ import argparse
 import sys
 from typing import Any
 
+from ..errors import MissingExtraError
+
 INSTALL_HINT = 'the web app needs gradio: pip install "mvdream3d[ui]"'
-
-
-class MissingExtraError(ValueError):
-    """The optional ``ui`` extra is not installed (reported as one ``error:`` line by the CLI)."""
 
 
 def parse_dreambooth_settings(items: list[str]) -> dict[str, Any]:

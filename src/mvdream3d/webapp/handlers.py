@@ -21,7 +21,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..cli import USER_ERRORS
+from ..errors import is_user_error
 from .jobs import (
     MAX_SEED,
     DreamBoothJob,
@@ -48,7 +48,7 @@ SHUTDOWN_WAIT_S = 60  # how long a stopping server waits for its text-to-3D runs
 def _as_page_error(e: BaseException) -> gr.Error:
     if isinstance(e, gr.Error):
         return e
-    if isinstance(e, USER_ERRORS):
+    if is_user_error(e):
         return gr.Error(html.escape(str(e), quote=False), title="Cannot do that", print_exception=False)
     log.error("internal error", exc_info=e)
     message = f"internal error ({type(e).__name__}: {e}); the server log has the details"

@@ -134,7 +134,6 @@ def generate_views(registry: ModelRegistry, out_dir: Path, prompt: str, negative
     ``mvdream3d generate`` (view PNGs, grid.png, cameras.json) into a new run folder. ``sampler``, ``steps``,
     ``guidance_scale`` None: the model's own (its config's ``sampling``). The work waits for ``slot``
     (telling ``on_wait`` what it waits for)."""
-    from ..cli import write_generation
     from ..pipeline import MultiViewPipeline
 
     prompt = _prompt(prompt)
@@ -166,8 +165,7 @@ def generate_views(registry: ModelRegistry, out_dir: Path, prompt: str, negative
                 azimuth_start=azimuth_start, guidance_scale=guidance_scale, num_inference_steps=steps,
                 guidance_rescale=guidance_rescale, sampler=sampler, seed=seed,
                 callback=(lambda i, t, x0: on_step(i + 1, steps)) if on_step else None)
-            cams = write_generation(res, run.dir, prompt=prompt, seed=seed, steps=steps, guidance=guidance_scale,
-                                    sampler=sampler, guidance_rescale=guidance_rescale)
+            cams = res.save(run.dir)
         except BaseException as e:
             update_run(run, status="failed", message=str(e))
             raise

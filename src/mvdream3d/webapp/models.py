@@ -3,7 +3,7 @@
 A picker value is a short string that names no server path: a model name (``mvdream3d-tiny``,
 ``tiny-random``, a published name), ``file:<name>`` for a checkpoint given at start (``--model PATH``) or
 found in ``--models-dir``, or ``dreambooth:<run>`` for a DreamBooth result of this server. The
-registry maps values to the references :func:`mvdream3d.pipeline.resolve_model` takes and keeps the most
+registry maps values to the references :func:`mvdream3d.models.loading.resolve_model` takes and keeps the most
 recently used models loaded (one load per reference, shared by every tab).
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.loading import resolve_model
 from ..models.model import MVDreamModel
 from .runs import list_runs
 
@@ -88,8 +89,6 @@ class ModelRegistry:
             if ref in self._loaded:
                 self._loaded.move_to_end(ref)
                 return self._loaded[ref]
-        from ..pipeline import resolve_model
-
         model = resolve_model(ref).to(self.device).eval()
         self.put(ref, model)
         return model
