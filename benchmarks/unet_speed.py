@@ -75,6 +75,7 @@ import yaml
 from torch import nn
 
 MiB = 1024**2
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 UNET_MODES = ("published", "published_sdpa", "ours")
 E2E_MODES = ("baseline", "published_sdpa", "ours")
 PUBLISHED_UNET = "mvdream.ldm.modules.diffusionmodules.openaimodel"
@@ -236,6 +237,26 @@ class CpuPeakMeter:
         self.increase = self.peak - self.base - self.file_pages
 
 
+class CudaPeakMeter:
+    """``torch.cuda.max_memory_allocated`` over a block, and its increase over what was allocated before."""
+
+    method = "torch.cuda.max_memory_allocated"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __enter__(self) -> CudaPeakMeter:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.base = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.cuda.synchronize(self.device)
+        self.peak = torch.cuda.max_memory_allocated(self.device)
+        self.increase = self.peak - self.base
+
+
 def configure_allocator() -> bool:
     """Make freed CPU tensors leave RSS (see :class:`CpuPeakMeter`). Returns whether glibc took it."""
     ok = LIBC.mallopt(LIBC.M_MMAP_THRESHOLD, 64 * 1024)
@@ -380,10 +401,15 @@ def unet_worker(spec: dict[str, Any]) -> dict[str, Any]:
     params = make_params()
     repeats = spec.get("repeats") or default_repeats
     mode, memory = spec["mode"], spec["measure"] == "memory"
-    if memory:
+    device, dtype = torch.device(spec.get("device", "cpu")), DTYPES[spec.get("dtype", "fp32")]
+    cuda = device.type == "cuda"
+    if cuda:  # full fp32 matmuls, so that fp32 means fp32 for every implementation
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    if memory and not cuda:
         configure_allocator()
     t0 = time.perf_counter()
-    ours = build_ours(params)
+    ours = build_ours(params).to(device, dtype)
     if mode.startswith("published"):
         model = build_published(Path(spec["published"]), params, sdpa=mode == "published_sdpa")
         model.load_state_dict(ours.state_dict(), strict=True, assign=True)  # shares the tensors: no copy
@@ -394,34 +420,44 @@ def unet_worker(spec: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     LIBC.trim()
     build_s = time.perf_counter() - t0
-    inputs = make_inputs(params, rows, num_frames, size, ctx_len)
+    inputs = {k: (v.to(device, dtype if v.is_floating_point() else None) if isinstance(v, torch.Tensor) else v)
+              for k, v in make_inputs(params, rows, num_frames, size, ctx_len).items()}
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
     out: dict[str, Any] = {"config": spec["config"], "mode": mode, "rows": rows, "num_frames": num_frames,
                            "latent_size": size, "build_s": build_s, "threads": torch.get_num_threads(),
+                           "device": str(device), "dtype": spec.get("dtype", "fp32"),
                            "params": sum(p.numel() for p in model.parameters())}
     with torch.no_grad():
         if mode == "ours_compile":
             model = torch.compile(model)
         t0, c0 = time.perf_counter(), _cpu_seconds()
         ref = model(**inputs)  # warm-up (and, compiled, the compilation)
+        sync()
         out["warmup_s"], out["warmup_cpu_s"] = time.perf_counter() - t0, _cpu_seconds() - c0
         if memory:
             del ref
             peaks, totals = [], []
             for _ in range(2):
-                with CpuPeakMeter() as meter:
+                with (CudaPeakMeter(device) if cuda else CpuPeakMeter()) as meter:
                     y = model(**inputs)
+                    sync()
                     del y
                 peaks.append(meter.increase)
                 totals.append(meter.peak)
             out.update(peak_increase_bytes=max(peaks), peak_bytes=max(totals))
             return out
-        torch.save(ref.contiguous(), spec["output_file"])
+        torch.save(ref.float().cpu().contiguous(), spec["output_file"])
         del ref
         times, cpu = [], []
         for _ in range(repeats):
             gc.collect()
             t0, c0 = time.perf_counter(), _cpu_seconds()
             y = model(**inputs)
+            sync()
             times.append(time.perf_counter() - t0)
             cpu.append(_cpu_seconds() - c0)
             del y
@@ -560,7 +596,7 @@ def report_unet(results: dict[str, dict[str, list[dict[str, Any]]]], rounds: int
     """Print the UNet table (one line per config and implementation, one value per round) and the ratios."""
     summary: dict[str, Any] = {}
     print()
-    head = (f"{'config':<6} {'implementation':<15} {'median s (per round)':>22} {'CPU s':>15} "
+    head = (f"{'config':<9} {'implementation':<15} {'median s (per round)':>22} {'CPU s':>15} "
             f"{'forward peak +MiB':>18} {'process peak MiB':>17} {'max|out - ours|':>16}")
     print(head)
     print("-" * len(head))
@@ -568,7 +604,7 @@ def report_unet(results: dict[str, dict[str, list[dict[str, Any]]]], rounds: int
         ours_out = by_mode["ours"][0]["output"]
         for mode, runs in by_mode.items():
             diff = (runs[0]["output"] - ours_out).abs().max().item() if mode != "ours" else 0.0
-            print(f"{config:<6} {mode:<15} {_fmt_list([r['time_median_s'] for r in runs]):>22} "
+            print(f"{config:<9} {mode:<15} {_fmt_list([r['time_median_s'] for r in runs]):>22} "
                   f"{_fmt_list([r['cpu_median_s'] for r in runs], '{:.2f}'):>15} "
                   f"{_fmt_list([r['peak_increase_bytes'] / MiB for r in runs], '{:.0f}'):>18} "
                   f"{_fmt_list([r['peak_bytes'] / MiB for r in runs], '{:.0f}'):>17} "
@@ -684,6 +720,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed forwards per process (default 5 tiny, 3 full)")
     p.add_argument("--modes", default=None,
                    help=f"comma-separated subset of {','.join(UNET_MODES)} (default: all that are available)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="UNet forwards on this device")
+    p.add_argument("--dtypes", default="fp32",
+                   help="comma-separated subset of fp32,bf16,fp16 for the UNet forwards (bf16/fp16 need --device cuda)")
     p.add_argument("--compile", action="store_true", help="also time ours under torch.compile (tiny config only)")
     p.add_argument("--e2e", action="store_true", help="also time generate and text-to-3D steps")
     p.add_argument("--model", default=None, help="model for --e2e (default: the built-in model)")
@@ -699,6 +738,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.rounds < 1 or (args.repeats is not None and args.repeats < 1):
         p.error("--rounds and --repeats must be >= 1")
+    args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bad = sorted(set(args.dtypes) - set(DTYPES))
+    if bad:
+        p.error(f"unknown dtypes {bad}; choose from {sorted(DTYPES)}")
+    if args.device == "cpu" and args.dtypes != ["fp32"]:
+        p.error("bf16/fp16 need --device cuda (this project runs in fp32 on CPU: no bf16 units on most CPUs)")
     if args.baseline_src and not (Path(args.baseline_src) / "mvdream3d" / "__init__.py").is_file():
         p.error(f"--baseline-src {args.baseline_src}: no mvdream3d package there (pass the checkout's src/ folder)")
     return args
@@ -711,6 +756,9 @@ def main(argv: list[str] | None = None) -> int:
         res = unet_worker(spec) if args.worker == "unet" else e2e_worker(spec)
         args.worker_out.write_text(json.dumps(res))
         return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: CUDA is not available in this torch build / machine", file=sys.stderr)
+        return 2
     published = find_published(args.published)
     modes = list(UNET_MODES)
     if published is None:
@@ -725,10 +773,11 @@ def main(argv: list[str] | None = None) -> int:
         modes = [m for m in modes if m in asked]
         if "ours" not in modes:
             modes.append("ours")
-    env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(),
+    env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(), "device": args.device,
+           "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name(),
            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "memory_method": CpuPeakMeter().method,
            "loadavg_before": os.getloadavg(), "published": str(published) if published else None}
-    print(f"torch {env['torch']}, {env['cpu']}, {env['threads']} threads, load average "
+    print(f"torch {env['torch']}, {env['device_name']}, {env['threads']} threads, load average "
           f"{env['loadavg_before'][0]:.2f}; peak memory: {env['memory_method']}; one fresh process per "
           f"measurement, {args.rounds} interleaved rounds", flush=True)
     if LIBC.lib is None:
@@ -743,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     watcher = threading.Thread(target=watch_load, daemon=True)
     watcher.start()
     configs = {"both": ["tiny", "full"], "none": []}.get(args.config, [args.config])
-    unet_results: dict[str, dict[str, list[dict[str, Any]]]] = {c: {} for c in configs}
+    unet_results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     e2e_results: dict[str, list[dict[str, Any]]] = {}
     e2e_modes = ["ours"]
     if published is not None:
@@ -752,17 +801,18 @@ def main(argv: list[str] | None = None) -> int:
         e2e_modes.insert(0, "baseline")
     try:
         for r in range(args.rounds):
-            for config in configs:
+            for config, dtype in ((c, d) for c in configs for d in args.dtypes):
+                key = config if dtype == "fp32" else f"{config}/{dtype}"
                 cmodes = modes + (["ours_compile"] if args.compile and config == "tiny" else [])
                 for mode in cmodes:
                     t0 = time.perf_counter()
-                    spec = {"config": config, "mode": mode, "repeats": args.repeats,
-                            "published": str(published) if published else None}
+                    spec = {"config": config, "mode": mode, "repeats": args.repeats, "device": args.device,
+                            "dtype": dtype, "published": str(published) if published else None}
                     res = run_worker("unet", dict(spec, measure="time"))
                     mem = run_worker("unet", dict(spec, measure="memory"))
                     res.update(peak_increase_bytes=mem["peak_increase_bytes"], peak_bytes=mem["peak_bytes"])
-                    unet_results[config].setdefault(mode, []).append(res)
-                    print(f"[round {r + 1}] {config}/{mode}: {res['time_median_s']:.3f} s per forward (CPU "
+                    unet_results.setdefault(key, {}).setdefault(mode, []).append(res)
+                    print(f"[round {r + 1}] {key}/{mode}: {res['time_median_s']:.3f} s per forward (CPU "
                           f"{res['cpu_median_s']:.2f} s), forward peak +{res['peak_increase_bytes'] / MiB:.0f} MiB "
                           f"({time.perf_counter() - t0:.0f} s)", flush=True)
             if args.e2e:
@@ -783,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         done.set()
         watcher.join()
     env["loadavg_during_median"] = statistics.median(loads) if loads else os.getloadavg()[0]
-    unet_summary = report_unet(unet_results, args.rounds) if configs else {}
+    unet_summary = report_unet(unet_results, args.rounds) if unet_results else {}
     e2e_summary = report_e2e(e2e_results) if e2e_results else {}
     load = env["loadavg_during_median"]
     print(f"\nload average during the run (median of 1-minute values): {load:.2f} on {env['cpu_count']} cores; "
