@@ -41,8 +41,8 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     """Reference attention, ``softmax(q k^T / sqrt(d)) v`` written out, scores in float32.
 
     Shapes ``(..., Lq, d)``, ``(..., Lk, d)``, ``(..., Lk, d)`` -> ``(..., Lq, d)``. It materialises the
-    full ``Lq x Lk`` score matrix, as the published code does; kept only as the numerical reference
-    and the baseline of ``benchmarks/unet_speed.py``.
+    full ``Lq x Lk`` score matrix, as the published code does; kept as the numerical reference
+    (``set_attention_backend(model, "naive")``).
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     sim = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
