@@ -40,3 +40,73 @@ def spec_or_skip(name: str) -> Path:
     if not p.exists():
         pytest.skip(f"{p} not available")
     return p
+
+
+
+def _run_code(code: str, argv: list[str], log: str, threads: int) -> None:
+    """The body of a :func:`run_until_killed` child: output to ``log``, then ``code`` as ``__main__``."""
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)
+    sys.argv = argv
+    torch.set_num_threads(threads)  # as in the test process: results compared with an in-process run match
+
+    def hang() -> None:
+        Path(argv[1]).touch()  # the test kills -9 this process now
+        time.sleep(600)
+
+    exec(compile(code, "<run_until_killed>", "exec"), {"__name__": "__main__", "hang": hang, "sys": sys, "Path": Path})
+
+
+@pytest.fixture(scope="session")
+def _preloaded_processes():
+    """A multiprocessing context whose children start from a server process that has already imported the
+    package (forkserver): a child is a fresh process, without the seconds that importing torch, accelerate
+    and the models take."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mvdream3d.training.trainer", "mvdream3d.threed.system", "accelerate",
+                                "diffusers.training_utils", "safetensors.torch", "yaml"])
+    return ctx
+
+
+@pytest.fixture
+def run_until_killed(tmp_path, _preloaded_processes):
+    """``run(code, *args)``: run the Python ``code`` in a child process (``sys.argv[1]``: a marker file,
+    ``sys.argv[2:]``: ``args``; ``hang()``, ``sys`` and ``Path`` defined) and kill -9 it once it calls
+    ``hang()``, so that a test can kill a run at an exact point, e.g. inside a checkpoint write. Returns the
+    child's output. Fails if the child ends by itself or does not reach ``hang()`` within ``timeout`` s."""
+    import signal
+    import time
+
+    def run(code: str, *args: object, timeout: float = 180) -> str:
+        marker = tmp_path / f"killed-{time.monotonic_ns()}"
+        log = marker.with_suffix(".log")
+        argv = ["run_until_killed", str(marker), *map(str, args)]
+        proc = _preloaded_processes.Process(target=_run_code, args=(code, argv, str(log), torch.get_num_threads()))
+        proc.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while not marker.exists():
+                if not proc.is_alive():
+                    pytest.fail(f"the child ended ({proc.exitcode}) before the kill point:\n{log.read_text()}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the child did not reach the kill point in {timeout} s:\n{log.read_text()}")
+                time.sleep(0.05)
+            proc.kill()  # SIGKILL
+            proc.join(30)
+            assert proc.exitcode == -signal.SIGKILL
+        finally:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(30)
+        return log.read_text()
+
+    return run

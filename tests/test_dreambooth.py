@@ -12,6 +12,7 @@ from PIL import Image
 from test_training import TINY_PIXEL_MODEL
 
 from mvdream3d.cli import main
+from mvdream3d.files import backup_path
 from mvdream3d.models.model import build_model
 from mvdream3d.pipeline import resolve_model
 from mvdream3d.training import dreambooth_inputs
@@ -147,7 +148,7 @@ def test_lora_file_is_small_loads_and_differs_from_base(base_ckpt, subject, tmp_
     assert resolve_model(str(tmp_path / "out")) is not None  # the output folder as --model
 
 
-def test_stop_and_resume_match_an_uninterrupted_run(base_ckpt, subject, tmp_path):
+def test_stop_and_resume_match_an_uninterrupted_run(base_ckpt, subject, tmp_path, capsys):
     whole = dreambooth(subject, "sks", "toy", model=base_ckpt, out=tmp_path / "whole", steps=4, lr=1e-3, **FAST)
     calls = []
     part = dreambooth(subject, "sks", "toy", model=base_ckpt, out=tmp_path / "run", steps=4, lr=1e-3,
@@ -158,9 +159,18 @@ def test_stop_and_resume_match_an_uninterrupted_run(base_ckpt, subject, tmp_path
     with pytest.raises(ValueError, match="lambda_preservation"):
         dreambooth(subject, "sks", "toy", model=base_ckpt, out=tmp_path / "run", steps=4, lr=1e-3,
                    lambda_preservation=2, resume=True, **FAST)
+    # as a kill -9 between the two renames of a checkpoint swap leaves it: the checkpoint at its backup name,
+    # the next one half written
+    ckpt = tmp_path / "run" / "checkpoint"
+    ckpt.rename(backup_path(ckpt))
+    (tmp_path / "run" / ".checkpoint.tmp").mkdir()
+    (tmp_path / "run" / ".checkpoint.tmp" / "trained.safetensors").write_bytes(b"half")
+    capsys.readouterr()
     done = dreambooth(subject, "sks", "toy", model=base_ckpt, out=tmp_path / "run", steps=4, lr=1e-3, resume=True,
                       **FAST)
-    assert done.finished and len(done.history) == 4 and not (tmp_path / "run" / "checkpoint").exists()
+    assert f"resumed from {ckpt} at step 2" in capsys.readouterr().out
+    assert done.finished and len(done.history) == 4 and not ckpt.exists()
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".checkpoint")]
     torch.testing.assert_close(_prediction(done.model, "a sks toy"), _prediction(whole.model, "a sks toy"))
 
 
@@ -255,3 +265,61 @@ def test_cli_lora_run_with_common_word_warning(base_ckpt, subject, tmp_path, cap
     assert "warning: the token 'dog' is a common word" in captured.err
     assert json.loads(captured.out)["finished"] is True
     assert (out / "lora.safetensors").is_file() and (out / "grid.png").is_file()
+
+
+# -- where --images finds the photos ------------------------------------------------------------------
+
+
+def test_images_from_a_render_output_folder(tmp_path):
+    """`mvdream3d render --out R` writes R/<asset>/rgba_XXX.png: `--images R` must find them."""
+    import trimesh
+
+    from mvdream3d.data import render as R
+
+    try:
+        R.Renderer(32).release()
+    except RuntimeError as e:  # no EGL / Mesa on this machine
+        pytest.skip(f"no headless OpenGL: {e}")
+    mesh = tmp_path / "toy.obj"
+    trimesh.creation.box(extents=(1.0, 0.6, 0.4)).export(mesh)
+    assert main(["render", str(mesh), "--out", str(tmp_path / "r"), "--views", "3", "--size", "32"]) == 0
+    assert not list((tmp_path / "r").glob("*.png"))  # the views sit in the subfolder, as the issue reports
+    images, warns = load_subject_images(tmp_path / "r")
+    assert images.shape == (3, 3, 32, 32) and not [w for w in warns if "subfolders" in w]
+
+
+def test_images_from_subfolders_and_list_files(tmp_path):
+    from mvdream3d.training.dreambooth_inputs import find_subject_images
+
+    _write_subject(tmp_path / "runs" / "a", n=2)
+    _write_subject(tmp_path / "runs" / "b", n=1)
+    (tmp_path / "runs" / "notes.txt").write_text("x")
+    files, warns = find_subject_images(tmp_path / "runs")
+    assert [f"{p.parent.name}/{p.name}" for p in files] == ["a/photo0.png", "a/photo1.png", "b/photo0.png"]
+    assert any("2 subfolders" in w for w in warns)
+    _write_subject(tmp_path / "runs", n=1)  # images in the folder itself win over its subfolders
+    assert [p.name for p in find_subject_images(tmp_path / "runs")[0]] == ["photo0.png"]
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# my photos\nruns/a/photo1.png\n\n{tmp_path / 'runs' / 'b' / 'photo0.png'}\n")
+    images, _ = load_subject_images(listing, size=16)
+    assert images.shape == (2, 3, 16, 16)
+    listing.write_text("runs/a/photo1.png\nruns/a/missing.png\n")
+    with pytest.raises(FileNotFoundError, match=r"line 2.*missing\.png"):
+        find_subject_images(listing)
+    listing.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no images in the list file"):
+        find_subject_images(listing)
+
+
+def test_a_folder_without_images_names_what_was_looked_for(tmp_path, capsys):
+    empty = tmp_path / "renders"
+    (empty / "asset").mkdir(parents=True)
+    (empty / "asset" / "meta.json").write_text("{}")
+    (empty / "readme.md").write_text("x")
+    rc = main(["dreambooth", "--images", str(empty), "--class-word", "toy", "--model", "tiny-random",
+               "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    for part in ("no images in", ".png .jpg .jpeg .webp .bmp", "subfolders", "readme.md", "list file"):
+        assert part in err, (part, err)

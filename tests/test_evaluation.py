@@ -268,3 +268,20 @@ def test_fill_open_attributes_draws_only_what_is_open():
     assert "red" not in drawn and len(drawn) > 3
     fixed = E.fill_open_attributes(parse_prompt("a small red cube"), np.random.default_rng(0))
     assert fixed["size"] == "small" and fixed["feature"] is None
+
+
+def test_background_speckle_counts_only_background_pixels():
+    from mvdream3d.evaluation.metrics import background_speckle, summarize
+
+    clean = np.full((2, 32, 32, 3), 255, np.uint8)
+    clean[:, 8:24, 8:24] = (200, 30, 30)  # an object; its edge is not background
+    noisy = clean.copy()
+    noisy[1, 0:2, 0:20] = 240  # 40 speckled background pixels, 15/255 off white
+    s = background_speckle(noisy)
+    assert s[0] == 0.0 and background_speckle(clean).tolist() == [0.0, 0.0]
+    n_bg = 32 * 32 - 20 * 20  # the 16 px object grown by 2 px on each side
+    assert abs(s[1] - 40 / n_bg) < 1e-9
+    objs = [{"correct": c, "consistent": True, "shape_accuracy": 1.0, "color_accuracy": 1.0, "camera": None,
+             "janus": None} for c in (True, False, True, True)]
+    se = summarize(objs)["se"]
+    assert abs(se["prompt_accuracy"] - np.sqrt(0.75 * 0.25 / 4)) < 1e-12 and se["consistency"] == 0.0

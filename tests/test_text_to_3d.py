@@ -107,3 +107,66 @@ def test_model_without_camera_needs_the_2d_baseline(tmp_path):
     res = text_to_3d("a cube", model=model, config="builtin", out=tmp_path / "o2", steps=2, progress=False,
                      overrides=FAST + ["guidance.name=2d", "output.preview=false"])
     assert res.finished
+
+
+# text-to-3D in a child process (conftest.run_until_killed) that hangs, to be killed -9, at an exact point: as
+# step AT + 1 begins ("step"), or inside the write of the checkpoint of step AT, after field.safetensors and
+# optimizer.pt, before state.json and the rename ("checkpoint").
+TEXT_TO_3D_UNTIL_KILLED = """
+import torch
+from mvdream3d.threed import system
+
+out, config, point, at, resume = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] == "resume"
+if point == "step":
+    real_step = system.TextTo3D.train_step
+    def train_step(self):
+        if self.step == at:
+            hang()
+        return real_step(self)
+    system.TextTo3D.train_step = train_step
+else:
+    real_checkpoint, real_save = system.TextTo3D.save_checkpoint, torch.save
+    def save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        hang()
+    def save_checkpoint(self):
+        if self.step == at:
+            torch.save = save
+        return real_checkpoint(self)
+    system.TextTo3D.save_checkpoint = save_checkpoint
+system.text_to_3d("a blue sphere", model="tiny-random", config=None if resume else config, out=out, resume=resume,
+                  progress=False)
+"""
+
+
+def test_kill_9_during_a_step_and_a_checkpoint_write_then_resume_equals_an_uninterrupted_run(
+        tmp_path, run_until_killed, capsys):
+    import yaml
+
+    from mvdream3d.threed import text_to_3d
+    from mvdream3d.threed.config import load_text_to_3d_config
+
+    cfg = load_text_to_3d_config("builtin", FAST + ["output.preview=false", "optim.steps=6"]).to_dict()
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    text_to_3d("a blue sphere", model="tiny-random", config=cfg, out=tmp_path / "a", progress=False)
+    run = tmp_path / "b"
+
+    def logged() -> list[int]:
+        return [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()]
+
+    run_until_killed(TEXT_TO_3D_UNTIL_KILLED, run, tmp_path / "cfg.yaml", "step", 3, "new")  # killed in step 4
+    assert logged() == [1, 2]  # checkpoint_every 2: the log goes with the checkpoint
+    out = run_until_killed(TEXT_TO_3D_UNTIL_KILLED, run, "-", "checkpoint", 4, "resume")  # killed writing step 4's
+    assert f"resumed from {run / 'checkpoints' / 'latest'} at step 2\n" in out
+    stale = [p for p in (run / "checkpoints").iterdir() if p.name != "latest"]
+    assert len(stale) == 1 and stale[0].name.startswith(".tmp_") and not (stale[0] / "state.json").exists()
+    assert logged() == [1, 2, 3, 4]  # logged before the checkpoint is written: never a step missing
+
+    capsys.readouterr()
+    res = text_to_3d("a blue sphere", model="tiny-random", out=run, resume=True, progress=False)
+    assert "at step 2 (log.jsonl: 2 rows after step 2 dropped)" in capsys.readouterr().out
+    assert res.finished and logged() == [1, 2, 3, 4, 5, 6]  # every step once
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["latest"]  # no temporaries left
+    a, b = _field(tmp_path / "a"), _field(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -191,6 +191,74 @@ def test_killed_run_resumes(tmp_path, data, sig, workers):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
+# A training run in a child process (conftest.run_until_killed) that hangs, to be killed -9, at an exact point:
+# as step AT + 1 begins ("step"), or inside the write of the checkpoint of step AT, after optimizer.pt and
+# before state.json ("checkpoint").
+TRAIN_UNTIL_KILLED = """
+import torch, yaml
+from mvdream3d.training import trainer
+from mvdream3d.training.config import config_from_dict
+
+cfg_file, point, at, resume = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "resume"
+if point == "step":
+    real_generator = trainer.step_generator
+    def step_generator(seed, step, rank):
+        if step == at:
+            hang()
+        return real_generator(seed, step, rank)
+    trainer.step_generator = step_generator
+else:
+    real_save = torch.save
+    def save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if Path(f).parent.name.startswith(f".tmp_step_{at:07d}"):
+            hang()
+    torch.save = save
+trainer.train(config_from_dict(yaml.safe_load(open(cfg_file))), resume=resume)
+"""
+
+
+def _logged_steps(run: Path) -> list[int]:
+    return [json.loads(x)["step"] for x in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_kill_9_during_a_step_and_a_checkpoint_write_then_resume_equals_an_uninterrupted_run(
+        tmp_path, data, run_until_killed, capsys):
+    from safetensors.torch import load_file
+
+    from mvdream3d.training.trainer import train
+
+    raw = _config(tmp_path, data, steps=8)
+    raw["output"].update(checkpoint_every=3, log_every=2)  # a checkpoint's steps are logged with it
+    raw["output"]["dir"] = str(tmp_path / "a")
+    train(config_from_dict(raw))
+    raw["output"]["dir"] = str(tmp_path / "b")
+    cfg, run = _write(tmp_path, raw), tmp_path / "b"
+    ckpts = run / "checkpoints"
+
+    run_until_killed(TRAIN_UNTIL_KILLED, cfg, "step", 3, "new")  # killed in step 4
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000003"] and _logged_steps(run) == [1, 2, 3]
+
+    out = run_until_killed(TRAIN_UNTIL_KILLED, cfg, "checkpoint", 6, "resume")  # killed writing checkpoint 6
+    assert f"resumed from {ckpts / 'step_0000003'} at step 3\n" in out
+    stale = [p for p in ckpts.iterdir() if p.name.startswith(".tmp_step_0000006")]
+    assert len(stale) == 1 and (stale[0] / "optimizer.pt").is_file() and not (stale[0] / "state.json").exists()
+    assert _logged_steps(run) == [1, 2, 3, 4, 5, 6]
+
+    capsys.readouterr()
+    train(config_from_dict(raw), resume=True)
+    printed = capsys.readouterr().out
+    assert f"removed {stale[0]}, left by an interrupted checkpoint write" in printed
+    assert "at step 3 (train_log.jsonl: 3 rows after step 3 dropped)" in printed
+    assert _logged_steps(run) == list(range(1, 9))  # every step logged once
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000006", "step_0000008"]  # no temporaries left
+    for name in ("model.safetensors", "checkpoints/step_0000008/unet.safetensors"):
+        a, b = load_file(tmp_path / "a" / name), load_file(run / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+
+
 def test_two_process_gloo_run_keeps_ranks_in_sync(tmp_path, data):
     raw = _config(tmp_path, data, steps=3)
     cfg = _write(tmp_path, raw)
@@ -330,6 +398,14 @@ def test_lr_schedules(tmp_path, data):
         assert lr_factor(t, 54) == pytest.approx(mid, abs=0.01)
     raw["train"].update(lr_schedule="linear", min_lr_ratio=0.1)
     assert lr_factor(config_from_dict(raw).train, 99) == pytest.approx(0.1)
+    # decay over the last 20 steps only: constant before, so a longer run of the recipe starts identically
+    raw["train"].update(lr_schedule="cosine", min_lr_ratio=0.0, decay_steps=20)
+    late = config_from_dict(raw).train
+    assert lr_factor(late, 78) == 1.0 and lr_factor(late, 89) == pytest.approx(0.5, abs=0.01)
+    assert lr_factor(late, 99) == pytest.approx(0.0, abs=1e-9)
+    longer = config_from_dict({**raw, "train": {**raw["train"], "steps": 500}}).train
+    assert [lr_factor(longer, s) for s in range(80)] == [lr_factor(late, s) for s in range(80)]
+    raw["train"]["decay_steps"] = 0
     raw["train"]["lr_schedule"] = "step"
     with pytest.raises(ConfigError, match="lr_schedule"):
         config_from_dict(raw)

@@ -32,6 +32,7 @@ TINY_3D = [
     "geometry.n_levels=4", "geometry.max_resolution=32",
 ]
 TIMEOUT = 300  # seconds for one job: generous, for a loaded 2-core machine
+MAX_QUEUE = 3  # the server's --max-queue: small, so that the queue test fills it with few jobs
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 BROWSER_HINT = "the browser tests need Chromium: apt-get install -y chromium chromium-driver"
 
@@ -63,7 +64,8 @@ def server(tmp_path_factory) -> Server:
     base = tmp_path_factory.mktemp("webapp")
     out, log, port = base / "out", base / "server.log", _free_port()
     cmd = [sys.executable, "-m", "mvdream3d.cli", "serve", "--model", "tiny-random", "--out", str(out),
-           "--port", str(port), "--config", "builtin", "--dreambooth-set", "sample_steps=2"]
+           "--port", str(port), "--config", "builtin", "--dreambooth-set", "sample_steps=2",
+           "--max-queue", str(MAX_QUEUE)]
     for s in TINY_3D:
         cmd += ["--set", s]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -253,7 +255,8 @@ def test_bad_input_shows_a_readable_error_and_the_server_goes_on(server, browser
     _wait(d, lambda drv: "prompt is empty" in _toasts(drv), 60, "empty-prompt error")
     _close_toasts(d)
     _generate(d, "a blue sphere", views=0, steps=2)
-    _wait(d, lambda drv: "number of views must be between 1" in _toasts(drv), 60, "0-views error")
+    _wait(d, lambda drv: "number of views must be a whole number between 1 and 16" in _toasts(drv), 60,
+          "0-views error")
     assert "Traceback" not in d.page_source
     _close_toasts(d)
     _generate(d, "a blue sphere", views=2, steps=2)
@@ -449,6 +452,95 @@ def test_gradio_client_requests_wait_their_turn(server):
     runs_a, runs_b = _runs(server, "text-to-3d"), _runs(server, "generate")
     assert runs_a[-1]["prompt"] == "a long api run" and runs_b[-1]["prompt"] == "queued second"
     assert runs_b[-1]["started_at"] >= runs_a[-1]["finished_at"]
+
+
+@pytest.fixture(scope="module")
+def api_client(server):
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False)
+
+
+@pytest.mark.parametrize("api_name, args, message", [
+    ("/generate", ("x", "", 4, 15, 0, "ddim", "abc", 7.5, 0, "tiny-random"),
+     "steps must be a whole number between 1 and 1000, got 'abc'"),
+    ("/generate", ("x", "", [1, 2], 15, 0, "ddim", 2, 7.5, 0, "tiny-random"),
+     "the number of views must be a whole number between 1 and 16, got [1, 2] (a list)"),
+    ("/generate", ("x", "", 4, 15, 0, "ddim", 5000, 7.5, 0, "tiny-random"),
+     "steps must be a whole number between 1 and 1000, got 5000"),
+    ("/generate", ("x", ["no"], 4, 15, 0, "ddim", 2, 7.5, 0, "tiny-random"), "the negative prompt must be text"),
+    ("/generate", ("x", "", 4, 15, 0, "nope", 2, 7.5, 0, "tiny-random"), "the sampler must be one of ddim, "),
+    ("/generate", ("x", "", 4, 15, 0, "ddim", 2, True, 0, "tiny-random"),
+     "the guidance scale must be a number between 0.0 and 100.0, got True (a bool)"),
+    ("/generate", (5, "", 4, 15, 0, "ddim", 2, 7.5, 0, "tiny-random"), "the prompt must be text, got 5"),
+    ("/generate", ("x", "", 4, 15, 0, "ddim", 2, 7.5, 0, 3), "the model must be one of the picker's entries"),
+    ("/text_to_3d", ("x", "abc", 0, 0, 0, "tiny-random"), "steps (0: the recipe's) must be a whole number between 0"),
+    ("/text_to_3d", ("x", 2, [24], 0, 0, "tiny-random"), "the render resolution (0: the recipe's) must be a whole"),
+    ("/text_to_3d", ("x", 2, 0, -1, 0, "tiny-random"), "the seed must be a whole number between 0 and 4294967295"),
+    ("/dreambooth", ("abc", "sks", "toy", 2, 1.0, "tiny-random"), "the photos must be a list of uploaded files"),
+    ("/dreambooth", ([1, 2], "sks", "toy", 2, 1.0, "tiny-random"), "the photos must be a list of uploaded files"),
+    ("/dreambooth", (None, "sks", "toy", "abc", 1.0, "tiny-random"), "steps must be a whole number between 1 and"),
+    ("/dreambooth", (None, 7, "toy", 2, 1.0, "tiny-random"), "the token must be text, got 7"),
+    ("/open_run", (["generate/x"],), "the run must be a run id from the gallery"),
+])
+def test_api_calls_with_wrong_types_get_the_field_and_its_range(server, api_client, api_name, args, message):
+    """Values of the wrong type or out of range are answered by the app (not by gradio's generic "upstream app
+    has raised an exception"), and the server logs no traceback for them."""
+    from gradio_client.exceptions import AppError
+
+    logged = len(server.log.read_text())
+    with pytest.raises(AppError) as error:
+        api_client.predict(*args, api_name=api_name)
+    assert message in str(error.value)
+    assert "Traceback" not in server.log.read_text()[logged:]
+
+
+def test_a_full_queue_refuses_clearly_and_every_accepted_job_completes(server):
+    """A text-to-3D run holds the heavy slot while more clients than --max-queue submit at once: MAX_QUEUE of
+    them wait and then complete, the others are refused with gradio's "Queue is full", and Cancel (which goes
+    around the queue, as the page's button does) still works while the queue is full."""
+    import threading
+
+    from gradio_client import Client
+    from gradio_client.utils import QueueError, Status
+
+    holder = Client(server.url, verbose=False)
+    hold = holder.submit("a queue holder", 5000, 0, 0, 20, "tiny-random", api_name="/text_to_3d")
+    while "step " not in str((hold.outputs() or [[""]])[-1][0]):
+        assert not hold.done(), hold.result()
+        time.sleep(0.1)
+    extra = 3
+    jobs: list = [None] * (MAX_QUEUE + extra)
+
+    def submit(i: int) -> None:
+        jobs[i] = Client(server.url, verbose=False).submit(f"queued client {i}", "", 1, 15, 0, "ddim", 1, 7.5, 0,
+                                                           "tiny-random", api_name="/generate")
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    deadline = time.monotonic() + 60
+    while not all(j.done() or j.status().code == Status.IN_QUEUE for j in jobs):
+        assert time.monotonic() < deadline, [j.status() for j in jobs]
+        time.sleep(0.1)
+    refused = [j for j in jobs if j.done()]
+    accepted = [i for i, j in enumerate(jobs) if not j.done()]
+    assert len(accepted) == MAX_QUEUE and len(refused) == extra
+    for job in refused:
+        with pytest.raises(QueueError, match="Queue is full"):
+            job.result()
+    request = urllib.request.Request(f"{server.url}gradio_api/run/cancel", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"data": [], "session_hash": holder.session_hash}).encode())
+    with urllib.request.urlopen(request, timeout=30) as r:
+        assert "Stopping" in json.loads(r.read())["data"][0]
+    assert "Stopped at step" in hold.result(TIMEOUT)[0]
+    for i in accepted:
+        assert f"1 views of *queued client {i}*" in jobs[i].result(TIMEOUT)[0]
+    runs = {r["prompt"]: r for r in _runs(server, "generate") if r["prompt"].startswith("queued client ")}
+    assert sorted(runs) == sorted(f"queued client {i}" for i in accepted)  # the refused ones left no run
+    assert all(r["status"] == "done" for r in runs.values())
 
 
 # ---------------------------------------------------------------------------------------------- no server

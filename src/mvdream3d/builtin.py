@@ -9,10 +9,10 @@ for smoke runs and tests. The built-in default model ships its trained weights i
 from __future__ import annotations
 
 from importlib import resources
+from typing import TYPE_CHECKING
 
-import torch
-
-from .models.model import MVDreamModel, build_model, load_model
+if TYPE_CHECKING:  # imported on use, so that `mvdream3d info` can find the weights file without torch
+    from .models.model import MVDreamModel
 
 DEFAULT_MODEL = "mvdream3d-tiny"
 
@@ -25,6 +25,10 @@ def builtin_weights_path(name: str = DEFAULT_MODEL):
 
 def builtin_model(name: str = DEFAULT_MODEL) -> MVDreamModel:
     """The shipped default model, or ``tiny-random[-SEED]``."""
+    import torch
+
+    from .models.model import build_model, load_model
+
     if name.startswith("tiny-random"):
         seed = int(name.rsplit("-", 1)[1]) if name.count("-") == 2 else 0
         with torch.random.fork_rng(devices=[]):

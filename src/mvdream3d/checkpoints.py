@@ -14,9 +14,10 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is read or written: `mvdream3d --help` stays light
+    import torch
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -39,6 +40,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
     A ``.pt`` holding ``{"state_dict": ...}`` (Lightning style) is unwrapped.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -78,9 +81,32 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return state, config
 
 
+#: safetensors dtype names of floating-point tensors (parameters); integer ones are buffers such as position ids
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[str, list[int]]], dict[str, str]]:
+    """The header of a .safetensors file without reading tensors (and without torch):
+    ({name: (dtype, shape)}, metadata). CheckpointError for a file that is not safetensors."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > 100_000_000:
+                raise ValueError(f"header length {n}")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as e:
+        raise CheckpointError(f"could not read the safetensors header of {path}: {e}") from e
+    meta = header.pop("__metadata__", None) or {}
+    return {k: (v["dtype"], list(v["shape"])) for k, v in header.items()}, meta
+
+
 def write_checkpoint(path: str | os.PathLike, state: Mapping[str, torch.Tensor],
                      config: Mapping[str, Any] | None = None) -> Path:
     """Write ``state`` atomically (temp file + rename) as .safetensors or .pt, with ``config`` embedded."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(path.parent, os.W_OK):

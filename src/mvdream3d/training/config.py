@@ -39,6 +39,7 @@ class ModelSection:
     config: Any = "tiny-random"
     init: str = "scratch"
     prediction_type: str | None = None  # override the config's parameterization ("eps" or "v")
+    vae: str | None = None  # a `mvdream3d train-vae` file: its autoencoder and scale_factor replace the config's
 
 
 @dataclass
@@ -53,6 +54,7 @@ class DataSection:
     batch_size: int = 4  # objects per multi-view batch
     batch_size_2d: int | None = None  # images per 2D batch; default batch_size * num_views
     num_workers: int = 0
+    cache_latents: bool = False  # encode every view and 2D image once (OUT/latent_cache.safetensors), batch from memory
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TrainSection:
     warmup_steps: int = 0
     lr_schedule: str = "constant"  # after the warm-up: constant | linear | cosine (decay to min_lr_ratio * lr)
     min_lr_ratio: float = 0.0
+    decay_steps: int = 0  # > 0: the linear / cosine decay spans only the last decay_steps (constant before)
     grad_accum: int = 1
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -152,6 +155,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(t.lr_schedule in ("constant", "linear", "cosine"), "train.lr_schedule", "must be constant, linear or cosine",
            t.lr_schedule)
     _check(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio", "must be in [0, 1]", t.min_lr_ratio)
+    _check(t.decay_steps >= 0, "train.decay_steps", "must be >= 0", t.decay_steps)
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1", t.grad_accum)
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)", t.grad_clip)
     _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1) (0 disables EMA)", t.ema_decay)

@@ -15,8 +15,9 @@ subject, and text-to-3D turns them into an object.
 Outputs in ``out``: ``model.safetensors`` (a complete checkpoint) or ``lora.safetensors`` (adapters only;
 loaded by every command through :func:`mvdream3d.pipeline.resolve_model`, which merges them into the
 base model named inside), ``grid.png`` (4 views of the prompt at elevation 15, azimuths 0/90/180/270),
-``loss.png`` and ``summary.json``. Ctrl-C saves a checkpoint under ``out/checkpoint``; ``resume=True``
-continues from it.
+``loss.png`` and ``summary.json``. Ctrl-C saves a checkpoint under ``out/checkpoint`` (and so does every
+``checkpoint_every`` steps); ``resume=True`` continues from it, its loss history cut at its step, and the
+temporary folder of a checkpoint write interrupted by a kill is removed at start.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..devices import resolve_device
-from ..files import ensure_writable_dir
+from ..files import ensure_writable_dir, remove_stale_temporaries, replace_dir
 from ..models.model import MVDreamModel
 from ..signals import StopOnSignal
 from .dreambooth_inputs import check_memory, check_token, estimate_memory, load_subject_images
@@ -58,6 +59,7 @@ __all__ = ["DreamBoothConfig", "DreamBoothResult", "DreamBoothWarning", "check_t
 TRAIN_MODES = ("full", "attention", "lora")
 DEFAULT_LR = {"full": 5e-5, "attention": 1e-4, "lora": 1e-3}
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_TMP = f".{CHECKPOINT_DIR}.tmp"
 GRID_ELEVATION, GRID_AZIMUTHS = 15.0, (0.0, 90.0, 180.0, 270.0)
 
 
@@ -217,7 +219,7 @@ def _save_checkpoint(out: Path, step: int, unet: torch.nn.Module, optimizer: Any
     """The trained tensors, optimiser state and history in ``out/checkpoint`` (temp dir + rename)."""
     from safetensors.torch import save_file
 
-    final, tmp = out / CHECKPOINT_DIR, out / f".{CHECKPOINT_DIR}.tmp"
+    final, tmp = out / CHECKPOINT_DIR, out / CHECKPOINT_TMP
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     trained = {n: p.detach().contiguous().cpu() for n, p in unet.named_parameters() if p.requires_grad}
@@ -225,9 +227,7 @@ def _save_checkpoint(out: Path, step: int, unet: torch.nn.Module, optimizer: Any
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "settings": settings, "history": history,
                                                 "seconds": seconds}))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
+    return replace_dir(tmp, final)  # the old checkpoint stays until the new one is in place
 
 
 def _load_checkpoint(out: Path, unet: torch.nn.Module, optimizer: Any, settings: dict[str, Any]
@@ -267,7 +267,8 @@ def dreambooth(
     """Fine-tune ``model`` on photos of one subject; write the model, a 4-view grid, curves and a summary.
 
     Args:
-        images: a folder of 3-10 photos (see :func:`load_subject_images`) or a tensor (N, 3, H, W) in [-1, 1].
+        images: 3-10 photos: a folder, a folder of subfolders or a list file (see :func:`find_subject_images`),
+            or a tensor (N, 3, H, W) in [-1, 1].
         token, class_word: the prompt is "a <token> <class_word>" (override ``cfg``'s).
         model: anything :func:`mvdream3d.pipeline.resolve_model` takes (None: the built-in model). A model
             object is fine-tuned in place.
@@ -288,6 +289,10 @@ def dreambooth(
     cfg = replace(cfg, token=token if token is not None else cfg.token,
                   class_word=class_word if class_word is not None else cfg.class_word)
     cfg.validate()
+    if cfg.train == "lora":
+        from ..extras import require
+
+        require("peft", "train", "LoRA training (--train lora)")  # before any heavy work
     if not cfg.class_word.strip():
         raise ValueError("the class word is empty: name what the subject is, e.g. --class-word toy")
     collected: list[str] = []
@@ -295,6 +300,7 @@ def dreambooth(
     if not isinstance(images, torch.Tensor):
         load_subject_images(images, 8)  # a bad folder fails before anything is written or loaded
     out = ensure_writable_dir(out)
+    remove_stale_temporaries(out, [CHECKPOINT_TMP], restore=[out / CHECKPOINT_DIR])
     has_ckpt = (out / CHECKPOINT_DIR / "state.json").is_file()
     if resume and not has_ckpt:
         raise ValueError(f"nothing to resume in {out}: no {CHECKPOINT_DIR}/state.json")
@@ -333,6 +339,7 @@ def dreambooth(
     step, history, seconds_before = 0, [], 0.0
     if resume:
         step, history, seconds_before = _load_checkpoint(out, mdl.unet, optimizer, settings)
+        print(f"resumed from {out / CHECKPOINT_DIR} at step {step}")  # its history ends there too
 
     with torch.no_grad():
         pixels = torch.cat([x, x.flip(-1)]) if cfg.flip else x

@@ -39,7 +39,9 @@ def add_dreambooth_subparser(sub: argparse._SubParsersAction) -> None:
         description="Fine-tunes on single photos (2D batches) with the prompt 'a TOKEN CLASS' and MVDream's "
                     "parameter-preservation loss. Writes model.safetensors (or lora.safetensors), grid.png (4 views), "
                     "loss.png and summary.json; then: mvdream3d text-to-3d \"a TOKEN CLASS\" --model OUT.")
-    p.add_argument("--images", required=True, help="folder of 3-10 photos of the subject (.png .jpg .jpeg .webp .bmp)")
+    p.add_argument("--images", required=True,
+                   help="3-10 photos of the subject (.png .jpg .jpeg .webp .bmp): a folder of them, a folder whose "
+                        "subfolders hold them (as `mvdream3d render` writes), or a text file listing one path a line")
     p.add_argument("--token", default="sks", help="rare identifier word for the subject (default: sks)")
     p.add_argument("--class-word", required=True, help="what the subject is, e.g. toy, dog, cube")
     p.add_argument("--out", required=True, help="output directory")

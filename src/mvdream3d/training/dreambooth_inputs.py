@@ -46,26 +46,76 @@ def _centre_square(image: Any) -> Any:
     return image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
 
 
-def load_subject_images(folder: str | os.PathLike, size: int | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Read the subject photos of ``folder`` -> (images (N, 3, S, S) float32 in [-1, 1], warnings).
+def find_subject_images(source: str | os.PathLike) -> tuple[list[Path], list[str]]:
+    """The photo files ``--images`` names -> (files, warnings).
 
-    Files with the extensions ``IMAGE_EXTENSIONS`` are read in name order; transparency is composited on
-    white; non-square images are centre-cropped and everything is resized (bicubic) to ``size`` (default:
-    the smallest image side), each with a warning. Raises FileNotFoundError / NotADirectoryError for a
-    missing folder and ValueError for a folder without images or an unreadable image (naming the file).
+    ``source`` is a folder of images; or a folder whose subfolders hold them, one level down, as
+    ``mvdream3d render`` writes them (``OUT/<asset>/rgba_XXX.png``), used when the folder itself holds none;
+    or a list file: one image path per line (relative paths from the list file's folder; blank lines and
+    ``#`` comments skipped). Image files are those with ``IMAGE_EXTENSIONS``, hidden files skipped, in name
+    order. FileNotFoundError for a missing source or listed file; ValueError when nothing usable is found,
+    naming what was looked for.
+    """
+    source = Path(source)
+    exts = " ".join(IMAGE_EXTENSIONS)
+    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    if not source.exists():
+        raise FileNotFoundError(f"image folder not found: {source}")
+    if source.is_file():
+        if source.suffix.lower() in IMAGE_EXTENSIONS:
+            raise ValueError(f"--images got the image {source}: give the folder holding the photos, or a list "
+                             f"file with one image path per line")
+        files = []
+        try:
+            lines = source.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read the image list {source}: {e}") from e
+        for n, line in enumerate(lines, 1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            p = Path(entry).expanduser()
+            p = p if p.is_absolute() else source.parent / p
+            if not p.is_file():
+                raise FileNotFoundError(f"{source}, line {n}: no such image file: {p}")
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise ValueError(f"{source}, line {n}: {p.name} is not an image ({exts})")
+            files.append(p)
+        if not files:
+            raise ValueError(f"no images in the list file {source}: write one image path per line ({exts})")
+        return files, []
+    files = sorted(p for p in source.iterdir() if is_image(p))
+    if files:
+        return files, []
+    subdirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
+    holding = [(d, sorted(p for p in d.iterdir() if is_image(p))) for d in subdirs]
+    holding = [(d, f) for d, f in holding if f]
+    if not holding:
+        others = sorted(p.name for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+        seen = f"; it holds {len(others)} other files (e.g. {', '.join(others[:3])})" if others else ""
+        raise ValueError(f"no images in {source}: looked for {exts} files in it and in its subfolders (one level "
+                         f"down, as `mvdream3d render` writes them){seen}. Put {RECOMMENDED_IMAGES[0]}-"
+                         f"{RECOMMENDED_IMAGES[1]} photos of the subject there, or pass a list file with one image "
+                         f"path per line")
+    warns = []
+    if len(holding) > 1:
+        warns.append(f"images from {len(holding)} subfolders of {source} ({', '.join(d.name for d, _ in holding[:4])}"
+                     f"{', ...' if len(holding) > 4 else ''}) are taken as one subject")
+    return [p for _, f in holding for p in f], warns
+
+
+def load_subject_images(folder: str | os.PathLike, size: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Read the subject photos that ``folder`` names (a folder, a folder of subfolders or a list file: see
+    :func:`find_subject_images`) -> (images (N, 3, S, S) float32 in [-1, 1], warnings).
+
+    Transparency is composited on white; non-square images are centre-cropped and everything is resized
+    (bicubic) to ``size`` (default: the smallest image side), each with a warning. Raises FileNotFoundError
+    for a missing folder or listed file and ValueError when there is no image or one is unreadable (naming
+    the file).
     """
     from PIL import Image
 
-    folder = Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    if not folder.is_dir():
-        raise NotADirectoryError(f"--images must be a folder of photos, got the file {folder}")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    if not files:
-        raise ValueError(f"no images in {folder}: put {RECOMMENDED_IMAGES[0]}-{RECOMMENDED_IMAGES[1]} photos of the "
-                         f"subject there ({', '.join(IMAGE_EXTENSIONS)})")
+    files, found_warns = find_subject_images(folder)
     images = []
     for p in files:
         try:
@@ -74,7 +124,7 @@ def load_subject_images(folder: str | os.PathLike, size: int | None = None) -> t
                 images.append(_on_white(im))
         except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
             raise ValueError(f"cannot read image {p}: {e}") from e
-    warns = []
+    warns = list(found_warns)
     sizes = sorted({im.size for im in images})
     if len(sizes) > 1:
         warns.append(f"the images have different sizes ({', '.join(f'{w}x{h}' for w, h in sizes)}); "

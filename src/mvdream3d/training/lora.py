@@ -32,10 +32,11 @@ def add_lora(unet: nn.Module, rank: int, alpha: float, targets: Sequence[str] = 
     Every other UNet parameter is frozen. ``B`` starts at zero, so the model is unchanged until trained.
     Returns the trainable adapter parameters.
     """
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError as e:
-        raise ImportError("LoRA training needs the package 'peft': pip install peft") from e
+    from ..extras import require
+
+    require("peft", "train", "LoRA training (--train lora)")
+    from peft import LoraConfig, inject_adapter_in_model
+
     if rank < 1:
         raise ValueError(f"lora rank must be >= 1, got {rank}")
     config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(targets), lora_dropout=0.0,

@@ -8,7 +8,9 @@ code runs on one CPU, one GPU or many processes (``accelerate launch``, DDP).
 
 Never losing work: every ``checkpoint_every`` steps, and on SIGINT/SIGTERM, the UNet, EMA, optimiser,
 LR scheduler, step, RNG and data position are written atomically (temp dir + rename) under
-``OUT/checkpoints/step_XXXXXXX``; ``--resume`` continues from the newest complete one. All randomness
+``OUT/checkpoints/step_XXXXXXX``; ``--resume`` continues from the newest complete one, cutting
+``train_log.jsonl`` back to its step. A kill -9 loses at most the steps since that checkpoint; the
+temporary folder of a checkpoint write it interrupted is removed when the next run starts. All randomness
 of a step (batch kind, timesteps, noise, caption dropout) comes from a generator seeded by
 (seed, step, rank), so a resumed run takes the same steps as an uninterrupted one.
 """
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,11 +35,13 @@ from tqdm.auto import tqdm
 from ..builtin import DEFAULT_MODEL, builtin_weights_path
 from ..checkpoints import read_checkpoint, split_state_dict, write_checkpoint
 from ..devices import resolve_mixed_precision
+from ..files import remove_stale_temporaries, truncate_jsonl
 from ..models.model import MVDreamModel, build_model, load_model, resolve_config
 from ..signals import StopOnSignal
 from .config import TrainConfig, TrainSection, config_from_dict
 
 CKPT_DIR = "checkpoints"
+LOG_FILE = "train_log.jsonl"
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -58,12 +63,24 @@ def init_model(cfg: TrainConfig) -> MVDreamModel:
     # what the trained model should default to: no caption suffix (training captions have none) and the
     # training resolution as its native size
     params.setdefault("prompt_suffix", "")
+    vae_state = None
+    if cfg.model.vae is not None:
+        from .autoencoder import read_autoencoder
+
+        vae_file, vae_state = read_autoencoder(cfg.model.vae)
+        params["first_stage_config"] = vae_file["first_stage_config"]
+        params["scale_factor"] = vae_file["scale_factor"]
     vae_factor = 1 if str(params.get("first_stage_config", {}).get("target", "")).endswith("Identity") else \
         2 ** (len(params["first_stage_config"]["params"]["ddconfig"]["ch_mult"]) - 1)
     params["unet_config"].setdefault("params", {})["image_size"] = cfg.data.image_size // vae_factor
     init = cfg.model.init
     if init == "scratch":
-        return build_model(model_cfg)
+        model = build_model(model_cfg)
+        if vae_state is not None:
+            from ..models.vae import load_vae
+
+            model.vae = load_vae(params["first_stage_config"]["params"], vae_state)
+        return model
     if init == DEFAULT_MODEL:
         init = str(builtin_weights_path(init))  # continue from the shipped model's weights
     state, _ = read_checkpoint(init)
@@ -94,11 +111,18 @@ def init_model(cfg: TrainConfig) -> MVDreamModel:
 
 
 class Checkpointer:
-    """Atomic training checkpoints under ``out/checkpoints/step_XXXXXXX`` (temp dir, then rename)."""
+    """Atomic training checkpoints under ``out/checkpoints/step_XXXXXXX`` (temp dir ``.tmp_step_*``, then
+    rename)."""
+
+    TMP_PREFIX = ".tmp_step_"
 
     def __init__(self, out: Path, keep: int) -> None:
         self.root = out / CKPT_DIR
         self.keep = keep
+
+    def remove_stale(self) -> list[Path]:
+        """Remove the temporary folders of checkpoint writes that a kill interrupted (call before training)."""
+        return remove_stale_temporaries(self.root, [f"{self.TMP_PREFIX}*"])
 
     def latest(self) -> Path | None:
         if not self.root.is_dir():
@@ -112,7 +136,7 @@ class Checkpointer:
 
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"step_{step:07d}"
-        tmp = self.root / f".tmp_step_{step:07d}_{os.getpid()}"
+        tmp = self.root / f"{self.TMP_PREFIX}{step:07d}_{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_file({k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()},
@@ -201,6 +225,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     if not resume and ckpt.latest() is not None:
         raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or choose another "
                          f"output.dir")
+    if accel.is_main_process:
+        for stale in ckpt.remove_stale():
+            accel.print(f"removed {stale}, left by an interrupted checkpoint write")
 
     torch.manual_seed(t.seed)
     model = init_model(cfg)
@@ -215,7 +242,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(t, s))
     ema = EMAModel(unet.parameters(), decay=t.ema_decay) if t.ema_decay > 0 else None
 
-    step, data_state, history = 0, None, []
+    step, data_state, history, cpu_base = 0, None, [], 0.0
     if latest is not None:
         unet_state, opt_state, state = Checkpointer.load(latest)
         unet.load_state_dict(unet_state)
@@ -225,7 +252,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             ema.load_state_dict(opt_state["ema"])
         torch.set_rng_state(opt_state["torch_rng"])
         step, data_state = state["step"], state["data"][rank] if rank < len(state["data"]) else None
-        accel.print(f"resumed from {latest} at step {step}")
+        cpu_base = float(state.get("cpu_s", 0.0))
+        # steps logged after the checkpoint by the interrupted run are taken again: each step is logged once
+        dropped = truncate_jsonl(out / LOG_FILE, step) if accel.is_main_process else 0
+        accel.print(f"resumed from {latest} at step {step}"
+                    + (f" ({LOG_FILE}: {dropped} rows after step {step} dropped)" if dropped else ""))
     unet.to(accel.device)
     if ema is not None:
         ema.to(accel.device)
@@ -233,11 +264,31 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     # per process, which suits a shared data loader, not our per-rank streams.
     unet_p, optimizer_p = accel.prepare(unet, optimizer)
 
-    mv_iter, im_iter, datasets = _data_streams(cfg, rank, world, data_state)
-    writer = _tensorboard(out) if accel.is_main_process else None
-    log_path = out / "train_log.jsonl"
+    cache = text_cache = None
+    if cfg.data.cache_latents:
+        from .latent_cache import CachedTextEncoder, LatentCache
+
+        if accel.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+        d = cfg.data
+        cache = LatentCache.for_training(model, out, d.multiview, d.image_text if d.p_2d > 0 else None,
+                                         d.image_size, main=accel.is_main_process)
+        text_cache = CachedTextEncoder(model) if model.text_encoder is not None else None
+        mv_iter = im_iter = None
+        datasets: dict[str, Any] = {}
+    else:
+        mv_iter, im_iter, datasets = _data_streams(cfg, rank, world, data_state)
+    # a resumed run's TensorBoard hides the events the interrupted run logged after the checkpoint
+    writer = _tensorboard(out, step + 1 if latest is not None else None) if accel.is_main_process else None
+    log_path = out / LOG_FILE
     if accel.is_main_process:
         (out / "train_config.yaml").write_text(_yaml(cfg.to_dict()))
+
+    cpu0 = time.process_time()
+
+    def cpu_now() -> float:
+        """CPU seconds this run has used, summed over resumed parts (the fair cost of a CPU recipe)."""
+        return round(cpu_base + time.process_time() - cpu0, 1)
 
     def data_state_now() -> dict[str, Any]:
         return {k: ds.state_dict() for k, ds in datasets.items()}  # infinite_loader keeps them current
@@ -246,7 +297,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         states = gather_object([data_state_now()]) if world > 1 else [data_state_now()]
         if accel.is_main_process:
             path = ckpt.save(at, accel.unwrap_model(unet_p), ema, optimizer, scheduler,
-                             {"step": at, "data": states, "config": cfg.to_dict(), "time": time.time()})
+                             {"step": at, "data": states, "config": cfg.to_dict(), "time": time.time(),
+                              "cpu_s": cpu_now()})
             accel.print(f"checkpoint: {path}")
         accel.wait_for_everyone()
 
@@ -261,11 +313,17 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             loss_sum, kinds = 0.0, []
             for _ in range(t.grad_accum):
                 with accel.accumulate(unet_p):
-                    use_2d = im_iter is not None and (mv_iter is None or torch.rand((), generator=g) < cfg.data.p_2d)
                     tw = time.perf_counter()
-                    batch = next(im_iter if use_2d else mv_iter)
+                    if cache is not None:
+                        use_2d = cache.num_images > 0 and (
+                            cache.num_assets == 0 or torch.rand((), generator=g) < cfg.data.p_2d)
+                        batch = _cached_batch(cache, cfg, g, use_2d)
+                    else:
+                        use_2d = im_iter is not None and (
+                            mv_iter is None or torch.rand((), generator=g) < cfg.data.p_2d)
+                        batch = next(im_iter if use_2d else mv_iter)
                     wait_data += time.perf_counter() - tw
-                    loss = _loss(model, unet_p, schedule, batch, cfg, g, accel.device)
+                    loss = _loss(model, unet_p, schedule, batch, cfg, g, accel.device, text_cache)
                     accel.backward(loss)
                     if accel.sync_gradients and t.grad_clip > 0:
                         accel.clip_grad_norm_(unet_p.parameters(), t.grad_clip)
@@ -282,19 +340,23 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}", kind="/".join(kinds))
             if accel.is_main_process:
-                history.append({"step": step, "loss": loss_sum, "kind": kinds[0], "lr": scheduler.get_last_lr()[0]})
-            if step % cfg.output.log_every == 0 or step == end:
+                history.append({"step": step, "loss": loss_sum, "kind": kinds[0], "lr": scheduler.get_last_lr()[0],
+                                "cpu_s": cpu_now()})
+            stopping = stop.requested  # read once: a signal arriving now is handled after the next step
+            checkpoint_now = step % cfg.output.checkpoint_every == 0 or step == end or stopping
+            if step % cfg.output.log_every == 0 or checkpoint_now:  # a checkpoint's steps are all in the log
                 _log(writer, log_path, history, accel.is_main_process, t0, steps_done, wait_data)
                 history = []
             if cfg.output.sample_every and step % cfg.output.sample_every == 0:
                 _sample_grid(model, accel.unwrap_model(unet_p), ema, cfg, out, step, writer, accel)
-            if step % cfg.output.checkpoint_every == 0 or step == end or stop.requested:
+            if checkpoint_now:
                 save(step)
-            if stop.requested:
+            if stopping:
                 accel.print(f"stopped by signal at step {step}; checkpoint saved. Continue with --resume")
                 break
     bar.close()
     if step >= t.steps:
+        model.config["training"] = provenance(cfg, step)
         _finish(model, accel.unwrap_model(unet_p), ema, out, accel)
     if writer is not None:
         writer.close()
@@ -302,15 +364,25 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     return out
 
 
+def _cached_batch(cache: Any, cfg: TrainConfig, g: torch.Generator, use_2d: bool) -> dict[str, Any]:
+    d = cfg.data
+    if use_2d:
+        return cache.image_batch(g, d.batch_size_2d or d.batch_size * d.num_views)
+    return cache.multiview_batch(g, d.batch_size, d.num_views, masks=cfg.train.feature_loss_weight > 0)
+
+
 def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict[str, Any], cfg: TrainConfig,
-          g: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Diffusion loss of one batch (object-major). Timesteps are shared by the views of an object."""
+          g: torch.Generator, device: torch.device, text_cache: Any = None) -> torch.Tensor:
+    """Diffusion loss of one batch (object-major). Timesteps are shared by the views of an object.
+
+    ``batch["latents"]`` (cached, already in model space) is used as is; else ``batch["images"]`` is
+    encoded. ``text_cache`` (a :class:`~.latent_cache.CachedTextEncoder`) encodes each caption once."""
     f = int(batch["num_frames"])
-    images = batch["images"].to(device)
     captions = [c if torch.rand((), generator=g) >= cfg.data.caption_dropout else "" for c in batch["captions"]]
     with torch.no_grad():
-        x0 = model.encode_images(images)
-        context = model.encode_text(captions).to(device) if model.text_encoder is not None else None
+        x0 = batch["latents"].to(device) if "latents" in batch else model.encode_images(batch["images"].to(device))
+        encoder = text_cache if text_cache is not None else model
+        context = encoder.encode_text(captions).to(device) if model.text_encoder is not None else None
     b = x0.shape[0] // f
     t = torch.randint(0, schedule.num_timesteps, (b,), generator=g).repeat_interleave(f).to(device)
     noise = torch.randn(x0.shape, generator=g).to(device, x0.dtype)
@@ -339,13 +411,18 @@ def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict
 
 def lr_factor(t: TrainSection, step: int) -> float:
     """Learning-rate multiplier after ``step`` optimiser steps: linear warm-up over ``warmup_steps``, then
-    constant, or a linear / cosine decay to ``min_lr_ratio`` at ``steps``."""
+    constant, or a linear / cosine decay to ``min_lr_ratio`` at ``steps`` (over the last ``decay_steps``
+    only when that is > 0: a run is then constant-rate until the decay starts, so its first steps are
+    those of any longer or shorter run of the same recipe)."""
     warm = max(1, t.warmup_steps)
     if step + 1 < warm:
         return (step + 1) / warm
     if t.lr_schedule == "constant":
         return 1.0
-    frac = min(1.0, (step + 1 - warm) / max(1, t.steps - warm))
+    start = max(warm, t.steps - t.decay_steps) if t.decay_steps > 0 else warm
+    if step + 1 < start:
+        return 1.0
+    frac = min(1.0, (step + 1 - start) / max(1, t.steps - start))
     decay = 1.0 - frac if t.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
     return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * decay
 
@@ -361,12 +438,15 @@ def min_snr_weights(schedule: Any, t: torch.Tensor, gamma: float) -> torch.Tenso
     return w.float()
 
 
-def _tensorboard(out: Path):
+def _tensorboard(out: Path, purge_step: int | None = None):
+    """``purge_step``: TensorBoard hides the events logged at this step and later by an earlier run."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard not installed: the JSONL log still has everything
+        print("note: no TensorBoard logs (tensorboard is not installed: pip install 'mvdream3d[train]'); "
+              "train_log.jsonl has every logged value", file=sys.stderr)
         return None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
 
 
 def _log(writer: Any, path: Path, history: list[dict], main: bool, t0: float, steps: int, wait: float) -> None:
@@ -465,8 +545,28 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
                 p.copy_(s)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
+    model.config["training"] = provenance(cfg, int(state["step"]), use_ema=use_ema and ema is not None)
     write_checkpoint(out, model.ldm_state_dict(), model.config)
     return out
+
+
+def provenance(cfg: TrainConfig, step: int, use_ema: bool = True) -> dict[str, Any]:
+    """What a model file records about how it was made: the recipe, the step, EMA or raw weights, the
+    git commit of the code (when run from a checkout) and the autoencoder's recipe."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    info: dict[str, Any] = {"recipe": cfg.to_dict(), "step": int(step), "ema": bool(use_ema), "commit": commit}
+    if cfg.model.vae is not None:
+        from .autoencoder import read_autoencoder
+
+        vae_config, _ = read_autoencoder(cfg.model.vae)
+        info["vae"] = {k: vae_config.get(k) for k in ("recipe", "metrics", "scale_factor")}
+    return info
 
 
 def _yaml(d: dict) -> str:

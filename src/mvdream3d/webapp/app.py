@@ -3,16 +3,25 @@
 Heavy jobs (the three tabs' main buttons) share one slot of gradio's queue (``concurrency_id="heavy"``,
 limit 1) so they run one at a time, in order; waiting users see their place in the queue. Every
 endpoint is also callable with gradio_client under its ``api_name`` (see docs/webapp.md).
+
+Inputs are checked by the app, not by gradio: the endpoints run with ``preprocess=False`` (gradio's own
+checks of a Number or Slider fail on a wrong type with a generic error and a server traceback), and the
+handlers check every value's type and range (:mod:`.jobs`). Uploads keep gradio's file handling (moved to
+its upload folder, paths checked); a payload that is not a list of files gets a readable error
+(:func:`_readable_upload_errors`).
 """
 
 import os
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
+import pydantic
 
 from ..diffusion.sampling import SAMPLERS
 from ..files import ensure_writable_dir
-from .handlers import Handlers, page_errors, random_seed
+from .handlers import UPLOADS, Handlers, page_errors, random_seed
+from .jobs import shown
 from .models import ModelRegistry
 
 CSS = """
@@ -24,8 +33,11 @@ CSS = """
   image-rendering: pixelated}
 #t3d-live .image-frame, #t3d-preview .image-frame, #db-grid .image-frame {width: 100%}
 """
-HEAVY = {"concurrency_limit": 1, "concurrency_id": "heavy"}
-LIGHT = {"concurrency_limit": None, "api_visibility": "private"}
+HEAVY = {"concurrency_limit": 1, "concurrency_id": "heavy", "preprocess": False}
+RAW = {"preprocess": False}  # the handler checks the values (see the module docstring)
+# light events bypass the queue: a full queue must not refuse Cancel, the gallery or a page's first load
+LIGHT = {"queue": False, "api_visibility": "private"}
+OUTSIDE_QUEUE = {"queue": False}
 
 
 def _model_picker(registry: ModelRegistry, elem_id: str) -> gr.Dropdown:
@@ -34,6 +46,25 @@ def _model_picker(registry: ModelRegistry, elem_id: str) -> gr.Dropdown:
     return gr.Dropdown(registry.choices(), value=registry.default, label="Model", elem_id=elem_id,
                        allow_custom_value=True,
                        info="built-in, files given with --model / --models-dir, and this server's DreamBooth results")
+
+
+def _readable_upload_errors(files: gr.File, name: str) -> gr.File:
+    """Make gradio's validation of an upload payload (done before any handler runs, even with
+    ``preprocess=False``) answer a payload that is not a list of files with ``name`` and what to send,
+    instead of a generic error and a traceback in the server log. The API schema stays the same."""
+    base = files.data_model
+
+    def model_validate(cls: type, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super(checked, cls).model_validate(obj, *args, **kwargs)
+        except pydantic.ValidationError:
+            raise gr.Error(f"{name} must be {UPLOADS}, got {shown(obj)}", title="Cannot do that",
+                           print_exception=False) from None
+
+    checked = type(base.__name__, (base,), {"model_validate": classmethod(model_validate),
+                                            "__module__": base.__module__})
+    files.data_model = checked
+    return files
 
 
 def _seed_row(elem_id: str) -> gr.Number:
@@ -127,8 +158,9 @@ def build_app(model: str | list[str] | None = None, out_dir: str | os.PathLike =
             with gr.Tab("DreamBooth", id="dreambooth"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        d_photos = gr.File(label="3-10 photos of the subject", file_count="multiple",
-                                           file_types=["image"], elem_id="db-photos")
+                        d_photos = _readable_upload_errors(
+                            gr.File(label="3-10 photos of the subject", file_count="multiple",
+                                    file_types=["image"], elem_id="db-photos"), "the photos")
                         with gr.Row():
                             d_token = gr.Textbox("sks", label="Token", elem_id="db-token")
                             d_class = gr.Textbox(label="Class word", placeholder="toy", elem_id="db-class")
@@ -162,17 +194,17 @@ def build_app(model: str | list[str] | None = None, out_dir: str | os.PathLike =
                    [t_status, t_preview, t_live, t_files, t_glb, t_mp4], api_name="text_to_3d",
                    show_progress_on=t_status, **HEAVY).success(h.show_3d, [t_glb, t_mp4], [t_mesh, t_video], **LIGHT)
         t_go.click(lambda: (None, None), None, [t_mesh, t_video], **LIGHT)  # the previous run's mesh goes
-        t_cancel.click(page_errors(h.cancel), None, t_status, api_name="cancel", concurrency_limit=None)
+        t_cancel.click(page_errors(h.cancel), None, t_status, api_name="cancel", **OUTSIDE_QUEUE)
         pickers = [mv_model, t_model, d_model]
         d_go.click(page_errors(h.dreambooth), [d_photos, d_token, d_class, d_steps, d_lambda, d_model],
                    [d_status, d_grid, d_files, *pickers], api_name="dreambooth",
                    show_progress_on=d_status, **HEAVY)
         runs_out = [r_gallery, r_ids, r_pick]
-        r_refresh.click(page_errors(h.list_runs), None, runs_out, api_name="list_runs", concurrency_limit=None)
+        r_refresh.click(page_errors(h.list_runs), None, runs_out, api_name="list_runs", **OUTSIDE_QUEUE)
         gallery_tab.select(page_errors(h.list_runs), None, runs_out, **LIGHT)
         r_gallery.select(h.select_run, r_ids, r_pick, **LIGHT)
         r_pick.change(page_errors(h.open_run), r_pick, [r_info, r_images, r_mesh, r_video, r_files],
-                      api_name="open_run", concurrency_limit=None)
+                      api_name="open_run", **OUTSIDE_QUEUE, **RAW)
         demo.load(page_errors(h.model_choices), None, pickers, **LIGHT)
     demo.queue(max_size=max_queue, default_concurrency_limit=1)
     demo.mvdream3d_out_dir = out  # read by launch_app: the only folder served

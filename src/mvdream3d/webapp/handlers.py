@@ -1,7 +1,10 @@
 """What the web app's buttons do: :mod:`.jobs` called with the page's values, results shaped for gradio.
 
-Every handler turns errors into ``gr.Error`` (a readable message on the page, never a traceback); the
-unexpected ones are logged with their traceback on the server.
+The endpoints with inputs run with gradio's ``preprocess=False`` (see :mod:`.app`): a handler gets each value
+as the page or API client sent it, and :mod:`.jobs` checks its type and range, so a bad API call (steps
+``"abc"``, views ``[1, 2]``) gets a message naming the field and its valid range. Every handler turns errors
+into ``gr.Error`` (a readable message on the page, never a traceback); only unexpected ones are logged, with
+their traceback, on the server.
 """
 
 import functools
@@ -19,7 +22,17 @@ from typing import Any
 import gradio as gr
 
 from ..cli import USER_ERRORS
-from .jobs import MAX_SEED, TextTo3DJob, enlarge, generate_views, resume_command, train_dreambooth
+from .jobs import (
+    MAX_DREAMBOOTH_STEPS,
+    MAX_SEED,
+    TextTo3DJob,
+    _int,
+    enlarge,
+    generate_views,
+    resume_command,
+    shown,
+    train_dreambooth,
+)
 from .models import ModelRegistry
 from .runs import find_run, list_runs
 
@@ -63,6 +76,20 @@ def random_seed() -> int:
     return random.randint(0, min(MAX_SEED, 2**31 - 1))
 
 
+UPLOADS = "a list of uploaded files (gradio_client: [handle_file(path), ...])"
+
+
+def uploaded_paths(value: Any, name: str) -> list[str] | None:
+    """The paths of a ``gr.File(file_count="multiple")`` value as gradio hands it over without preprocessing:
+    None or a list of FileData dicts whose files gradio has already checked and moved into its upload folder."""
+    if value is None or value == []:
+        return None
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(f, dict) and isinstance(f.get("path"), str) for f in items):
+        raise ValueError(f"{name} must be {UPLOADS}, got {shown(value)}")
+    return [f["path"] for f in items]
+
+
 def _files(folder: Path, order: tuple[str, ...] = ()) -> list[str]:
     """Downloadable files of a run folder: ``order`` first, then the rest (no hidden files, no run.json)."""
     first = [folder / n for n in order if (folder / n).is_file()]
@@ -82,8 +109,8 @@ class Handlers:
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- multi-view
-    def generate(self, prompt: str, negative: str, views: float, elevation: float, azimuth_start: float,
-                 sampler: str, steps: float, guidance: float, seed: float, model: str,
+    def generate(self, prompt: Any, negative: Any, views: Any, elevation: Any, azimuth_start: Any,
+                 sampler: Any, steps: Any, guidance: Any, seed: Any, model: Any,
                  progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008 (gradio's progress idiom)
         """Multi-view tab -> (status, [(view, caption)], grid, cameras summary, files to download)."""
         progress(0, desc="loading the model")
@@ -104,12 +131,11 @@ class Handlers:
                 [str(p) for p in gen.files])
 
     # ---------------------------------------------------------------- text-to-3D
-    def text_to_3d(self, prompt: str, steps: float | None, resolution: float | None, seed: float,
-                   guidance: float | None, model: str,
+    def text_to_3d(self, prompt: Any, steps: Any, resolution: Any, seed: Any, guidance: Any, model: Any,
                    request: gr.Request, progress: gr.Progress = gr.Progress()  # noqa: B008
                    ) -> Iterator[tuple]:
         """Text-to-3D tab, streamed: (status, preview, current views, files, mesh.glb, turntable.mp4)."""
-        job = TextTo3DJob(self.registry, self.out_dir, prompt, steps, resolution or 0, seed, guidance, model,
+        job = TextTo3DJob(self.registry, self.out_dir, prompt, steps, resolution, seed, guidance, model,
                           self.config, self.overrides)
         key = getattr(request, "session_hash", None) or job.run.id
         with self._lock:
@@ -170,14 +196,17 @@ class Handlers:
         return "Stopping after the current step; the run keeps what it has ..."
 
     # ---------------------------------------------------------------- DreamBooth
-    def dreambooth(self, photos: list[str] | None, token: str, class_word: str, steps: float, lam: float,
-                   model: str, progress: gr.Progress = gr.Progress()  # noqa: B008
+    def dreambooth(self, photos: Any, token: Any, class_word: Any, steps: Any, lam: Any, model: Any,
+                   progress: gr.Progress = gr.Progress()  # noqa: B008
                    ) -> tuple:
         """DreamBooth tab -> (status, 4-view grid, files, the three model pickers' updates)."""
         progress(0, desc="checking the photos")
-        total = int(steps) if steps else 1
+        try:
+            total = _int(steps, "steps", 1, MAX_DREAMBOOTH_STEPS)  # for the progress bar
+        except ValueError:
+            total = 1  # train_dreambooth reports it
         run, res = train_dreambooth(
-            self.registry, self.out_dir, photos, token, class_word, steps, lam, model,
+            self.registry, self.out_dir, uploaded_paths(photos, "the photos"), token, class_word, steps, lam, model,
             on_step=lambda row: progress((int(row["step"]), total), desc=f"training, loss {row['loss']:.4f}",
                                          unit="steps"), settings=self.dreambooth_settings)
         grid = run.dir / "grid.png"
@@ -210,10 +239,13 @@ class Handlers:
         """The run id of a clicked thumbnail."""
         return ids[evt.index]
 
-    def open_run(self, run_id: str) -> tuple:
+    def open_run(self, run_id: Any) -> tuple:
         """A run of the gallery -> (description, pictures, mesh.glb, turntable.mp4, files)."""
         if not run_id:
             return "Pick a run.", [], None, None, []
+        if not isinstance(run_id, str):
+            raise ValueError(f"the run must be a run id from the gallery (text such as generate/NAME), got "
+                             f"{shown(run_id)}")
         run = find_run(self.out_dir, run_id)
         d, info = run.dir, run.info
         images = [str(d / n) for n in ("grid.png", "preview.png", "views.png", "progress.png", "curves.png",

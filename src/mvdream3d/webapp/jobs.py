@@ -7,10 +7,11 @@ folder (:mod:`.runs`) and calls the library functions the CLI uses, so a run's f
 
 from __future__ import annotations
 
+import math
 import queue
 import shlex
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from ..diffusion.sampling import SAMPLERS
 from .models import ModelRegistry
 from .runs import Run, new_run, update_run
 
-MAX_VIEWS, MAX_STEPS, MAX_3D_STEPS, MAX_SEED = 16, 1000, 100_000, 2**32 - 1
+MAX_VIEWS, MAX_STEPS, MAX_3D_STEPS, MAX_DREAMBOOTH_STEPS, MAX_SEED = 16, 1000, 100_000, 100_000, 2**32 - 1
 
 
 def _check(ok: bool, message: str) -> None:
@@ -29,24 +30,68 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _prompt(prompt: Any) -> str:
-    _check(isinstance(prompt, str) and bool(prompt.strip()), "the prompt is empty: describe an object, e.g. "
-                                                             "\"a red cube with a yellow nose\"")
-    return prompt.strip()
+def shown(value: Any) -> str:
+    """A caller's value in a message: its repr, shortened, and its type when that is not obvious."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    obvious = value is None or (isinstance(value, int | float | str) and not isinstance(value, bool))
+    return text if obvious else f"{text} (a {type(value).__name__})"
+
+
+def _number(value: Any, name: str, lo: float, hi: float, whole: bool) -> float:
+    """``value`` as a finite number in [lo, hi] (a number or a numeric string; no bools, lists, None ...)."""
+    kind = "a whole number" if whole else "a number"
+    number: float | None = None
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    if number is None or not math.isfinite(number) or (whole and number != int(number)) or not lo <= number <= hi:
+        raise ValueError(f"{name} must be {kind} between {lo} and {hi}, got {shown(value)}")
+    return number
 
 
 def _int(value: Any, name: str, lo: int, hi: int) -> int:
-    _check(value is not None and float(value) == int(float(value)), f"{name} must be a whole number, got {value}")
-    value = int(float(value))
-    _check(lo <= value <= hi, f"{name} must be between {lo} and {hi}, got {value}")
-    return value
+    return int(_number(value, name, lo, hi, whole=True))
 
 
 def _float(value: Any, name: str, lo: float, hi: float) -> float:
-    _check(value is not None, f"{name} is missing")
-    value = float(value)
-    _check(lo <= value <= hi, f"{name} must be between {lo} and {hi}, got {value}")
+    return _number(value, name, lo, hi, whole=False)
+
+
+def _text(value: Any, name: str, example: str = "") -> str:
+    """A text field (``None`` counts as empty); ``example`` given: it must not be empty. Returns it stripped."""
+    _check(value is None or isinstance(value, str), f"{name} must be text, got {shown(value)}")
+    text = (value or "").strip()
+    _check(bool(text) or not example, f"{name} is empty: {example}")
+    return text
+
+
+def _prompt(prompt: Any) -> str:
+    return _text(prompt, "the prompt", "describe an object, e.g. \"a red cube with a yellow nose\"")
+
+
+def _choice(value: Any, name: str, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    _check(isinstance(value, str) and value in choices,
+           f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
     return value
+
+
+def _unset(value: Any) -> bool:
+    """An optional number left at "the recipe's": None, empty text or 0."""
+    return value is None or (isinstance(value, str) and not value.strip()) or (
+        isinstance(value, int | float) and not isinstance(value, bool) and value == 0)
+
+
+def _model(value: Any) -> str | None:
+    """The model picker's value: a string the registry checks, or empty/None for the default."""
+    _check(value is None or isinstance(value, str),
+           f"the model must be one of the picker's entries (a string), got {shown(value)}")
+    return value or None
 
 
 @dataclass
@@ -73,21 +118,23 @@ def generate_views(registry: ModelRegistry, out_dir: Path, prompt: str, negative
     from ..pipeline import MultiViewPipeline
 
     prompt = _prompt(prompt)
+    negative_prompt = _text(negative_prompt, "the negative prompt")
     num_views = _int(num_views, "the number of views", 1, MAX_VIEWS)
     steps = _int(steps, "steps", 1, MAX_STEPS)
     seed = _int(seed, "the seed", 0, MAX_SEED)
     guidance_scale = _float(guidance_scale, "the guidance scale", 0.0, 100.0)
     elevation = _float(elevation, "the elevation", -90.0, 90.0)
     azimuth_start = _float(azimuth_start, "the azimuth start", -360.0, 360.0)
-    _check(sampler in SAMPLERS, f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    settings = {"negative_prompt": negative_prompt or "", "num_views": num_views, "elevation": elevation,
+    sampler = _choice(sampler, "the sampler", SAMPLERS)
+    model = _model(model)
+    settings = {"negative_prompt": negative_prompt, "num_views": num_views, "elevation": elevation,
                 "azimuth_start": azimuth_start, "sampler": sampler, "steps": steps, "guidance_scale": guidance_scale,
                 "seed": seed, "model": model or registry.default}
     mdl = registry.get(model)
     run = new_run(out_dir, "generate", prompt, settings)
     try:
         res = MultiViewPipeline(mdl)(
-            prompt, negative_prompt=negative_prompt or "", num_views=num_views, elevation=elevation,
+            prompt, negative_prompt=negative_prompt, num_views=num_views, elevation=elevation,
             azimuth_start=azimuth_start, guidance_scale=guidance_scale, num_inference_steps=steps, sampler=sampler,
             seed=seed, callback=(lambda i, t, x0: on_step(i + 1, steps)) if on_step else None)
         cams = write_generation(res, run.dir, prompt=prompt, seed=seed, steps=steps, guidance=guidance_scale,
@@ -145,14 +192,15 @@ class TextTo3DJob:
         from ..threed.config import default_config_name, load_text_to_3d_config
 
         self.prompt = _prompt(prompt)
-        steps = None if steps in (None, "", 0) else _int(steps, "steps", 1, MAX_3D_STEPS)
+        # steps, resolution and guidance: 0, empty or None keep the recipe's value
+        steps = _int(0 if _unset(steps) else steps, "steps (0: the recipe's)", 0, MAX_3D_STEPS) or None
         self.seed = _int(seed, "the seed", 0, MAX_SEED)
-        resolution = _int(resolution or 0, "the render resolution", 0, 512)
+        resolution = _int(0 if _unset(resolution) else resolution, "the render resolution (0: the recipe's)", 0, 512)
         _check(resolution == 0 or resolution >= 8, "the render resolution must be 0 (the recipe's) or >= 8 px")
-        if guidance_scale in ("", None, 0):  # 0 (no text guidance) is no use for score distillation
-            guidance_scale = None
-        else:
-            guidance_scale = _float(guidance_scale, "the guidance scale", 0.0, 500.0)
+        # a guidance of 0 (no text guidance) is no use for score distillation: 0 means the recipe's
+        guidance_scale = _float(0 if _unset(guidance_scale) else guidance_scale,
+                                "the guidance scale (0: the recipe's)", 0.0, 500.0) or None
+        model = _model(model)
         ui = [] if guidance_scale is None else [f"guidance.guidance_scale={guidance_scale}"]
         self.reference = registry.reference(model)
         mdl = registry.get(model)
@@ -242,13 +290,15 @@ def train_dreambooth(registry: ModelRegistry, out_dir: Path, photos: list[str] |
         raise ValueError("DreamBooth is not available in this build") from e
     from .security import check_photos, copy_photos
 
-    files = check_photos(photos)
-    token, class_word = (token or "").strip(), (class_word or "").strip()
-    _check(bool(token), "the token is empty: give a rare word that will name the subject, e.g. sks")
-    _check(bool(class_word), "the class word is empty: say what the subject is, e.g. toy")
-    check_token(token, class_word)
-    steps = _int(steps, "steps", 1, 100_000)
+    _check(photos is None or (isinstance(photos, list | tuple) and all(isinstance(p, str | Path) for p in photos)),
+           f"the photos must be a list of 3-10 uploaded image files, got {shown(photos)}")
+    token = _text(token, "the token", "give a rare word that will name the subject, e.g. sks")
+    class_word = _text(class_word, "the class word", "say what the subject is, e.g. toy")
+    steps = _int(steps, "steps", 1, MAX_DREAMBOOTH_STEPS)
     lambda_preservation = _float(lambda_preservation, "lambda", 0.0, 1000.0)
+    model = _model(model)
+    files = check_photos(photos)
+    check_token(token, class_word)
     reference = registry.reference(model)
     run = new_run(out_dir, "dreambooth", f"a {token} {class_word}", {
         "token": token, "class_word": class_word, "steps": steps, "lambda_preservation": lambda_preservation,
