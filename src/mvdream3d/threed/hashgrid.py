@@ -129,8 +129,14 @@ class HashGridEncoding(nn.Module):
     def _encode(self, x: Tensor) -> Tensor:
         xt = x.t().contiguous()  # (3, N)
         n = xt.shape[1]
-        indices, fracs = zip(*(self._corners(xt, level) for level in range(self.n_levels)), strict=True)
-        index = torch.stack(indices)  # (L, 2, 2, 2, N), int32: kept for the backward pass, half of int64's memory
+        # (L, 2, 2, 2, N), int32 where the table allows: kept for the backward pass, half of int64's memory.
+        # Each level's int64 indices are converted while being written in place (no stack, no extra pass).
+        index = torch.empty((self.n_levels, 2, 2, 2, n), dtype=self._index_dtype, device=xt.device)
+        fracs = []
+        for level in range(self.n_levels):
+            level_index, frac = self._corners(xt, level)
+            index[level].copy_(level_index)
+            fracs.append(frac)
         fx, fy, fz = torch.stack(fracs).unbind(1)  # (L, N) each
         # One lookup for all levels: its backward is a single scatter into one table-sized gradient.
         feats = _gather_columns(self.table, index.view(-1)).view(self.n_features_per_level, self.n_levels, 2, 2, 2, n)
@@ -157,4 +163,4 @@ class HashGridEncoding(nn.Module):
         terms = torch.stack([near, near + axis_scale], dim=1)  # (3, 2, N)
         tx, ty, tz = terms[0][:, None, None], terms[1][None, :, None], terms[2][None, None, :]
         index = (tx ^ ty ^ tz) & (self.table_size - 1) if self.hashed[level] else tx + ty + tz
-        return (index + self.level_offsets[level]).to(self._index_dtype), frac
+        return index.add_(self.level_offsets[level]), frac
