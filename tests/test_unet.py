@@ -98,7 +98,19 @@ def test_memory_formats_agree_and_output_is_contiguous(tiny_unet):
         assert outs[fmt].is_contiguous()
     tiny_unet.memory_format = "auto"
     torch.testing.assert_close(outs["channels_last"], outs["contiguous"], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(outs["auto"], outs["channels_last"], atol=0, rtol=0)  # CPU: auto = channels_last
+    torch.testing.assert_close(outs["auto"], outs["contiguous"], atol=1e-5, rtol=1e-5)
+
+
+def test_auto_layout_is_channels_last_where_activations_outweigh_weights(tiny_unet):
+    # "auto" on CPU: NHWC for feature maps with N*H*W >= 9*C (fast convolutions, free token views), the default
+    # layout where a 3x3 convolution's weights are larger (an NHWC input would copy them on every call)
+    cl = torch.channels_last
+    assert tiny_unet._to_layout(torch.randn(16, 32, 32, 32)).is_contiguous(memory_format=cl)
+    small = torch.randn(8, 64, 4, 4).contiguous(memory_format=cl)
+    assert tiny_unet._to_layout(small).is_contiguous() and not small.is_contiguous()
+    tiny_unet.memory_format = "channels_last"
+    assert tiny_unet._to_layout(small) is small
+    tiny_unet.memory_format = "auto"
 
 
 @torch.no_grad()

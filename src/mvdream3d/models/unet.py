@@ -237,9 +237,13 @@ class MultiViewUNet(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        # "auto": channels-last (NHWC) activations on CPU, where oneDNN convolutions are faster with them,
-        # and the default layout elsewhere; "channels_last" / "contiguous" force one. Outputs are always
-        # contiguous (N, C, H, W).
+        # Layout of the activations between layers. "auto": on CPU, channels-last (NHWC) for the feature maps
+        # whose activations outweigh a 3x3 convolution's weights (N*H*W >= 9*C: the high resolutions), where
+        # oneDNN convolutions are faster with them and the transformers' (N, H*W, C) token view is free; the
+        # default layout for the others, where a channels-last input makes the convolution copy its weights
+        # into that layout on every call (at the sd-v2.1 width, 59-118 MB per 1280-channel convolution, and
+        # slower); the default layout on other devices. "channels_last" / "contiguous" force one. Outputs are
+        # always contiguous (N, C, H, W).
         self.memory_format: str = "auto"
         c = config
         mc = c.model_channels
@@ -380,9 +384,18 @@ class MultiViewUNet(nn.Module):
         kv = {m.attn2: m.attn2.context_kv(context) for m in self.modules() if isinstance(m, BasicTransformerBlock3D)}
         return PreparedContext(context, kv)
 
-    def _channels_last(self, x: torch.Tensor) -> bool:
+    def _to_layout(self, h: torch.Tensor) -> torch.Tensor:
+        """``h`` (N, C, H, W) in the layout :attr:`memory_format` chooses for its shape (a copy only on a change)."""
         mode = self.memory_format
-        return mode == "channels_last" or (mode == "auto" and x.device.type == "cpu")
+        if mode == "auto":
+            n, c, height, width = h.shape
+            channels_last = h.device.type == "cpu" and n * height * width >= 9 * c
+        else:
+            channels_last = mode == "channels_last"
+        if channels_last:
+            return h if h.is_contiguous(memory_format=torch.channels_last) else h.contiguous(
+                memory_format=torch.channels_last)
+        return h.contiguous()
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float,
                 context: torch.Tensor | PreparedContext | None = None, camera: torch.Tensor | None = None,
@@ -396,21 +409,18 @@ class MultiViewUNet(nn.Module):
             context = context.to(dtype)
         ckpt = self.config.use_checkpoint and self.training
         h = x.to(dtype)
-        if self._channels_last(h):
-            # NHWC: the convolutions run without layout conversions and a feature map's (N, H*W, C) token view
-            # for the transformers is a free view instead of a copy
-            h = h.contiguous(memory_format=torch.channels_last)
         # The blocks' layers run from here rather than through TimestepEmbedSequential.forward so that each
-        # layer's input is released as soon as the next layer has it (a caller's reference would keep it).
+        # layer's input is released as soon as the next layer has it (a caller's reference would keep it), and
+        # each gets its input in the layout chosen for its shape (_to_layout: changes only between resolutions).
         skips = []
         for block in self.input_blocks:
             for layer in block:
-                h = _run_layer(layer, h, emb, context, num_frames, ckpt)
+                h = _run_layer(layer, self._to_layout(h), emb, context, num_frames, ckpt)
             skips.append(h)
         for layer in self.middle_block:
-            h = _run_layer(layer, h, emb, context, num_frames, ckpt)
+            h = _run_layer(layer, self._to_layout(h), emb, context, num_frames, ckpt)
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             for layer in block:
-                h = _run_layer(layer, h, emb, context, num_frames, ckpt)
-        return self.out(h).to(x.dtype).contiguous()
+                h = _run_layer(layer, self._to_layout(h), emb, context, num_frames, ckpt)
+        return self.out(self._to_layout(h)).to(x.dtype).contiguous()
