@@ -49,8 +49,9 @@ def main() -> None:
     ap.add_argument("--cpu-s", type=float, nargs="+", required=True,
                     help="CPU-second budgets: for each, the newest checkpoint that used no more")
     ap.add_argument("--num-objects", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--steps", type=int, default=None, help="default: each model's sampling defaults")
+    ap.add_argument("--guidance", type=float, default=None, help="default: each model's sampling defaults")
+    ap.add_argument("--guidance-rescale", type=float, default=None, help="default: each model's sampling defaults")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def main() -> None:
         else:
             model = export_checkpoint(ckpt, args.out / f"{name}.safetensors")
             report = evaluate(str(model), args.out / name, num_objects=args.num_objects, steps=args.steps,
-                              guidance=args.guidance, progress=False)
+                              guidance=args.guidance, guidance_rescale=args.guidance_rescale, progress=False)
         o = report["overall"]["model"]
         rows.append({"run": str(run), "checkpoint": str(ckpt), "step": state["step"], "cpu_s": state["cpu_s"],
                      "size": report["settings"]["size"], "fid": o["fid"], "background": report["background"],

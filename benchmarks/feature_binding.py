@@ -2,7 +2,7 @@
 camera sees it? (see :mod:`mvdream3d.evaluation.binding` for the definitions)
 
     python benchmarks/feature_binding.py                                   # the built-in model
-    python benchmarks/feature_binding.py runs/builtin-v3/model.safetensors runs/builtin-v4/model.safetensors
+    python benchmarks/feature_binding.py runs/builtin/model.safetensors runs/other/model.safetensors
     python benchmarks/feature_binding.py --objects 32 --draws 2 --out binding.json
 
 Prints a Markdown table (one row per model and timestep): text binding = 1 - E(caption) / E(caption
@@ -34,11 +34,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
 
-    cases = binding_cases(args.objects, seed=args.seed)
+    cases_by_size: dict[int, list] = {}  # the same objects, rendered at each model's native size
     results = {}
     for name in args.models:
         model = resolve_model(name)
         model.unet.eval()
+        size = model.native_size
+        if size not in cases_by_size:
+            cases_by_size[size] = binding_cases(args.objects, seed=args.seed, size=size)
+        cases = cases_by_size[size]
         t0 = time.perf_counter()
         results[name] = feature_binding(model, cases, args.timesteps, args.draws, seed=args.seed)
         results[name]["seconds"] = round(time.perf_counter() - t0, 1)

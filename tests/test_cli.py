@@ -96,15 +96,16 @@ def test_generate_uses_the_models_sampling_defaults(tmp_path):
     from mvdream3d.checkpoints import write_checkpoint
 
     model = builtin_model("tiny-random")
-    assert model.sampling_defaults == {"sampler": "ddim", "steps": 50, "guidance_scale": 7.5}
+    assert model.sampling_defaults == {"sampler": "ddim", "steps": 50, "guidance_scale": 7.5, "guidance_rescale": 0.0}
     cfg = copy.deepcopy(model.config)
-    cfg["model"]["params"]["sampling"] = {"sampler": "dpmpp_2m", "steps": 3, "guidance_scale": 2.0}
+    cfg["model"]["params"]["sampling"] = {"sampler": "dpmpp_2m", "steps": 3, "guidance_scale": 2.0,
+                                          "guidance_rescale": 0.5}
     write_checkpoint(tmp_path / "m.safetensors", model.ldm_state_dict(), cfg)
     out = tmp_path / "out"
     assert main(["generate", "a red cube", "--model", str(tmp_path / "m.safetensors"), "--size", "32",
                  "--out", str(out)]) == 0
     cams = json.loads((out / "cameras.json").read_text())
-    assert (cams["sampler"], cams["steps"], cams["guidance"]) == ("dpmpp_2m", 3, 2.0)
+    assert (cams["sampler"], cams["steps"], cams["guidance"], cams["guidance_rescale"]) == ("dpmpp_2m", 3, 2.0, 0.5)
     assert main(["generate", "a red cube", "--model", str(tmp_path / "m.safetensors"), "--size", "32",
                  "--steps", "2", "--guidance", "0", "--out", str(out)]) == 0
     cams = json.loads((out / "cameras.json").read_text())

@@ -107,3 +107,19 @@ def test_cached_text_encoder_equals_the_encoder():
     caps = ["a red cube", "", "a red cube", "a blue sphere"]
     torch.testing.assert_close(cached.encode_text(caps), model.encode_text(caps), atol=1e-5, rtol=1e-5)
     assert set(cached.table) == {"a red cube", "", "a blue sphere"}
+
+
+def test_feature_loss_steps_window(tmp_path):
+    from mvdream3d.training.config import ConfigError
+    from mvdream3d.training.trainer import feature_weight_at
+
+    raw = {"model": {"config": TINY_PIXEL_MODEL}, "data": {"multiview": str(tmp_path)},
+           "train": {"steps": 10, "feature_loss_weight": 5.0, "feature_loss_steps": [3, 6]}}
+    t = config_from_dict(raw).train
+    assert [feature_weight_at(t, s) for s in range(8)] == [0, 0, 0, 5, 5, 5, 0, 0]
+    raw["train"]["feature_loss_steps"] = None  # all steps
+    assert feature_weight_at(config_from_dict(raw).train, 9) == 5.0
+    for bad in ([6, 3], [1], "3-6"):
+        raw["train"]["feature_loss_steps"] = bad
+        with pytest.raises(ConfigError, match="feature_loss_steps"):
+            config_from_dict(raw)

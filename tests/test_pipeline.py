@@ -75,6 +75,7 @@ def test_other_sampler_and_bf16(pipe):
         (dict(sampler="plms"), "unknown sampler"),
         (dict(cameras=torch.zeros(4, 3, 3)), "cameras must be"),
         (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(guidance_rescale=1.5), "guidance_rescale must be in"),
     ],
 )
 def test_bad_inputs(pipe, kw, match):
@@ -82,3 +83,24 @@ def test_bad_inputs(pipe, kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         pipe(**args)
+
+
+def test_guidance_rescale_matches_conditional_spread():
+    from mvdream3d.diffusion.sampling import rescale_guidance
+
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(6, 4, 8, 8, generator=g), torch.randn(6, 4, 8, 8, generator=g)
+    guided = uncond + 7.5 * (cond - uncond)
+    torch.testing.assert_close(rescale_guidance(guided, cond, 0.0), guided)
+    full = rescale_guidance(guided, cond, 1.0)
+    torch.testing.assert_close(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)))  # per image, not per batch
+    torch.testing.assert_close(rescale_guidance(guided, cond, 0.7), 0.7 * full + 0.3 * guided)
+
+
+def test_guidance_rescale_changes_samples_and_is_a_model_default(pipe):
+    plain, rescaled = _run(pipe, guidance_scale=7.5), _run(pipe, guidance_scale=7.5, guidance_rescale=0.7)
+    assert not torch.allclose(plain.latents, rescaled.latents)
+    # without guidance there is nothing to rescale
+    torch.testing.assert_close(_run(pipe, guidance_scale=1.0).latents,
+                               _run(pipe, guidance_scale=1.0, guidance_rescale=0.7).latents)
+    assert pipe.model.sampling_defaults["guidance_rescale"] == 0.0  # the published models' CFG

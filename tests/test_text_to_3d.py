@@ -170,3 +170,11 @@ def test_kill_9_during_a_step_and_a_checkpoint_write_then_resume_equals_an_unint
     a, b = _field(tmp_path / "a"), _field(run)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_default_recipe_follows_the_models_size():
+    from mvdream3d.builtin import builtin_model
+    from mvdream3d.threed.config import default_config_for
+
+    assert default_config_for(builtin_model("mvdream3d-tiny")) == "builtin"  # the 64 px latent CPU model
+    assert default_config_for(builtin_model("tiny-random")) == "mvdream-sd21"  # 256 px, like the published ones

@@ -32,6 +32,7 @@ TINY_3D = [
     "geometry.n_levels=4", "geometry.max_resolution=32",
 ]
 TIMEOUT = 300  # seconds for one job: generous, for a loaded 2-core machine
+SERVER_START_TIMEOUT = 600  # imports and the default model's load, on a loaded machine
 MAX_QUEUE = 3  # the server's --max-queue: small, so that the queue test fills it with few jobs
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 BROWSER_HINT = "the browser tests need Chromium: apt-get install -y chromium chromium-driver"
@@ -58,40 +59,51 @@ def _get(url: str) -> tuple[int, bytes]:
         return e.code, b""
 
 
+def _start_server(out: Path, log: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Server]:
+    """``mvdream3d serve`` (tiny-random, tiny text-to-3D settings) on a free port, once it answers."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mvdream3d.cli", "serve", "--model", "tiny-random", "--out", str(out),
+           "--port", str(port), "--config", "builtin", "--dreambooth-set", "sample_steps=2",
+           "--max-queue", str(MAX_QUEUE), *extra]
+    for s in TINY_3D:
+        cmd += ["--set", s]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "a") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited ({proc.returncode}):\n{log.read_text()}")
+        try:
+            if _get(url)[0] == 200:
+                return proc, Server(url, out, log)
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            _stop_server(proc)
+            pytest.fail(f"the server did not answer in {SERVER_START_TIMEOUT} s:\n{log.read_text()}")
+        time.sleep(0.5)
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Server:
     pytest.importorskip("gradio", reason='the web app needs the ui extra: pip install -e ".[dev,ui]"')
     base = tmp_path_factory.mktemp("webapp")
-    out, log, port = base / "out", base / "server.log", _free_port()
-    cmd = [sys.executable, "-m", "mvdream3d.cli", "serve", "--model", "tiny-random", "--out", str(out),
-           "--port", str(port), "--config", "builtin", "--dreambooth-set", "sample_steps=2",
-           "--max-queue", str(MAX_QUEUE)]
-    for s in TINY_3D:
-        cmd += ["--set", s]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    with open(log, "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
+    proc, srv = _start_server(base / "out", base / "server.log")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited ({proc.returncode}):\n{log.read_text()}")
-            try:
-                if _get(url)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer in 180 s:\n{log.read_text()}")
-            time.sleep(0.5)
-        yield Server(url, out, log)
+        yield srv
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +146,64 @@ def _open(d, server: Server, tab: str = "Multi-view") -> None:
 
 
 def _tab(d, name: str) -> None:
+    from selenium.common.exceptions import ElementClickInterceptedException
+
     button = next(b for b in _by_css(d, "button[role=tab]") if b.text.strip() == name)
-    button.click()
-    _wait(d, lambda drv: button.get_attribute("aria-selected") == "true", 10, f"tab {name}")
+
+    def selected(drv) -> bool:
+        try:
+            button.click()
+        except ElementClickInterceptedException:  # the page's first load still covers the page
+            return False
+        return button.get_attribute("aria-selected") == "true"
+
+    _wait(d, selected, 60, f"tab {name}")
+
+
+def _value(d, elem_id: str) -> str:
+    """What a field shows (a Number's or Textbox's text, a Dropdown's selected label)."""
+    return _by_css(d, f"#{elem_id} textarea, #{elem_id} input")[0].get_attribute("value")
+
+
+def _choose(d, elem_id: str, label: str) -> None:
+    """Pick the option of a gr.Dropdown whose label contains ``label``."""
+    from selenium.common.exceptions import WebDriverException
+
+    def option(drv):
+        found = next((o for o in _by_css(drv, "[role=option]") if label in o.get_attribute("textContent")), None)
+        if found is None:
+            try:
+                _by_css(drv, f"#{elem_id} input")[0].click()  # (again: an update may have closed the list)
+            except WebDriverException:
+                pass
+        return found
+
+    _wait(d, option, 60, f"the option {label!r} of #{elem_id}").click()
+
+
+def _text(d, elem_id: str) -> str:
+    return _by_css(d, f"#{elem_id}")[0].text
+
+
+def _record_texts(d, elem_id: str) -> None:
+    """Keep every text ``#elem_id`` shows from now on in ``window.seen[elem_id]`` (read with _seen_texts)."""
+    d.execute_script("""
+        const id = arguments[0], el = document.getElementById(id);
+        window.seen = window.seen || {}; const seen = window.seen[id] = [el.innerText];
+        new MutationObserver(() => { if (seen[seen.length - 1] !== el.innerText) seen.push(el.innerText); })
+            .observe(el, {subtree: true, childList: true, characterData: true});""", elem_id)
+
+
+def _seen_texts(d, elem_id: str) -> list[str]:
+    return d.execute_script("return (window.seen || {})[arguments[0]] || []", elem_id)
+
+
+def _step(status: str) -> int:
+    """The optimisation step a text-to-3D status shows ("... step 12/5000 ..."), 0 when it shows none."""
+    import re
+
+    found = re.search(r"optimisation.*?step (\d+)/\d+", status, re.S)
+    return int(found.group(1)) if found else 0
 
 
 def _fill(d, elem_id: str, value) -> None:
@@ -264,17 +331,28 @@ def test_bad_input_shows_a_readable_error_and_the_server_goes_on(server, browser
 
 
 def test_text_to_3d_tab_ends_in_a_3d_viewer_and_a_video(server, browser):
+    from mvdream3d.webapp.jobs import T3D_STAGES
+
     d = browser
     _open(d, server, "Text-to-3D")
+    # the fields start at the recipe the server uses for the model (builtin with TINY_3D: guidance 20, 16 px)
+    assert float(_value(d, "t3d-guidance")) == 20 and float(_value(d, "t3d-resolution")) == 16
     _fill(d, "t3d-prompt", "a red cube with a yellow nose")
     _fill(d, "t3d-steps", 2)
     _fill(d, "t3d-resolution", 24)
     _by_css(d, "#t3d-run")[0].click()
-    _wait(d, lambda drv: "Done" in _by_css(drv, "#t3d-status")[0].text, what="text-to-3D finished")
+    status = _wait(d, lambda drv: "Done" in _text(drv, "t3d-status") and _text(drv, "t3d-status"),
+                   what="text-to-3D finished")
     run = _runs(server, "text-to-3d")[-1]
-    assert run["status"] == "done" and run["settings"]["guidance_scale"] is None  # 0 on the page: the recipe's
+    assert run["status"] == "done" and run["used"] == {"steps": 2, "render resolution": "24 px", "guidance scale": 20,
+                                                       "seed": 0, "model": "tiny-random"}
     config = yaml.safe_load((run["dir"] / "config.yaml").read_text())
     assert config["cameras"]["resolution_milestones"] == [[0, 24, 4]] and config["guidance"]["guidance_scale"] == 20
+    # the result names the settings it used and where the time went, every stage by name
+    assert "Settings used: steps 2, render resolution 24 px, guidance scale 20, seed 0, model tiny-random" in status
+    time_line = next(line for line in status.split("\n") if line.startswith("Time: "))
+    for stage in T3D_STAGES.values():
+        assert stage in time_line, (stage, time_line)
     preview = _wait(d, lambda drv: _loaded_images(drv, "#t3d-preview img"), 30, "multi-view preview")
     assert _pixel_std(d, preview[0]) > 1.0
     link = _wait(d, lambda drv: _by_css(drv, "#t3d-model3d [data-testid=model3d-download-link]"), 30, "3D viewer")
@@ -313,7 +391,10 @@ def test_a_second_user_waits_in_the_queue_and_cancel_keeps_the_run(server, brows
     _fill(d, "t3d-prompt", "a long run")
     _fill(d, "t3d-steps", 5000)
     _by_css(d, "#t3d-run")[0].click()
-    _wait(d, lambda drv: "step " in _by_css(drv, "#t3d-status")[0].text, what="A optimising")
+    # the progress: the named stage, the step, the rate measured and the time left once two steps are done
+    status = _wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= 3 and "left in this stage" in _text(
+        drv, "t3d-status") and _text(drv, "t3d-status"), what="A optimising, with a time estimate")
+    assert "optimisation (stage 2 of 11)" in status and "/5000" in status and "s/step" in status
     d.switch_to.new_window("tab")
     _open(d, server)
     _generate(d, "second user", views=2, steps=2)
@@ -360,10 +441,22 @@ def test_dreambooth_tab_trains_and_adds_the_model_to_the_pickers(server, browser
     _open(d, server, "DreamBooth")  # a fresh page: an empty upload box
     _by_css(d, "#db-photos input[type=file]")[0].send_keys("\n".join(str(p) for p in photos))
     _wait(d, lambda drv: "photo2" in _by_css(drv, "#db-photos")[0].text, 60, "uploaded")
+    from mvdream3d.training.dreambooth import DreamBoothConfig
+
+    defaults = DreamBoothConfig()
+    assert float(_value(d, "db-steps")) == defaults.steps
+    assert float(_value(d, "db-lambda")) == defaults.lambda_preservation
     _fill(d, "db-class", "toy")
     _fill(d, "db-steps", 2)
+    _record_texts(d, "db-status")
     _by_css(d, "#db-train")[0].click()
-    _wait(d, lambda drv: "Trained" in _by_css(drv, "#db-status")[0].text, what="DreamBooth finished")
+    status = _wait(d, lambda drv: "Trained" in _text(drv, "db-status") and _text(drv, "db-status"),
+                   what="DreamBooth finished")
+    assert "Settings used: steps 2, lambda 1, model tiny-random, training full, sample steps 2" in status
+    time_line = next(line for line in status.split("\n") if line.startswith("Time: "))
+    for stage in ("loading the model and the photos", "training", "saving the model", "drawing the 4-view grid"):
+        assert stage in time_line, (stage, time_line)
+    assert any("DreamBooth" in t and "(stage " in t for t in _seen_texts(d, "db-status")), "no progress shown"
     _wait(d, lambda drv: _loaded_images(drv, "#db-grid img"), 30, "the new subject's 4 views")
     _shot(d, "dreambooth")
     _tab(d, "Multi-view")
@@ -390,6 +483,197 @@ def test_gallery_lists_runs_newest_first_and_reopens_them(server, browser):
     _wait(d, lambda drv: "a gallery entry" in _by_css(drv, "#runs-info")[0].text, 60, "run reopened")
     _wait(d, lambda drv: len(_loaded_images(drv, "#runs-images img")) >= 3, 60, "its pictures")
     _shot(d, "gallery")
+
+
+def test_fields_start_at_the_models_settings_and_examples_fill_the_prompt(server, browser):
+    """The Multi-view fields start at the selected model's own sampling settings (its config's ``sampling``)
+    and follow the picker; an example prompt fills the prompt field."""
+    from mvdream3d.modelinfo import summarize
+    from mvdream3d.pipeline import resolve_model
+    from mvdream3d.webapp.app import EXAMPLE_PROMPTS
+
+    d = browser
+    _open(d, server)
+    tiny = resolve_model("tiny-random").sampling_defaults
+    assert (_value(d, "mv-sampler"), float(_value(d, "mv-steps")), float(_value(d, "mv-guidance"))) == (
+        tiny["sampler"], tiny["steps"], tiny["guidance_scale"])
+    example = next(e for e in _by_css(d, "#mv-examples button, #mv-examples td") if EXAMPLE_PROMPTS[1] in e.text)
+    example.click()
+    _wait(d, lambda drv: _value(drv, "mv-prompt") == EXAMPLE_PROMPTS[1], 30, "the example in the prompt field")
+    builtin = summarize("mvdream3d-tiny")
+    if builtin is None:
+        pytest.skip("the built-in model's weights are not installed")
+    own = builtin[0]["model"]["params"]["sampling"]
+    _choose(d, "mv-model", "mvdream3d-tiny")
+    _wait(d, lambda drv: float(_value(drv, "mv-steps")) == own["steps"], 120, "the built-in model's steps")
+    assert float(_value(d, "mv-guidance")) == own["guidance_scale"] and _value(d, "mv-sampler") == own["sampler"]
+
+
+def test_small_views_are_shown_enlarged_and_downloaded_native(server, browser):
+    """The built-in model's small views appear enlarged by nearest neighbour (every pixel a block), the
+    downloads are the native files."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mvdream3d.modelinfo import summarize
+    from mvdream3d.webapp.handlers import DISPLAY_HEIGHT
+
+    if summarize("mvdream3d-tiny") is None:
+        pytest.skip("the built-in model's weights are not installed")
+    d = browser
+    _open(d, server)
+    _choose(d, "mv-model", "mvdream3d-tiny")
+    _fill(d, "mv-prompt", "a green cylinder with an orange horn")
+    _fill(d, "mv-steps", 2)
+    _by_css(d, "#mv-generate")[0].click()
+    images = _wait(d, lambda drv: len(_loaded_images(drv, "#mv-gallery img")) == 4 and
+                   _loaded_images(drv, "#mv-gallery img"), what="4 views")
+    run = _runs(server, "generate")[-1]
+    native = np.asarray(Image.open(run["dir"] / "view_00_00.png").convert("RGB"))
+    assert native.shape[0] < DISPLAY_HEIGHT  # a small model: the case this is about
+    shown = np.asarray(Image.open(io.BytesIO(_get(images[0].get_attribute("src"))[1])).convert("RGB"))
+    k = shown.shape[0] // native.shape[0]
+    assert shown.shape[0] >= DISPLAY_HEIGHT and np.array_equal(shown, native.repeat(k, 0).repeat(k, 1))
+    grid = _wait(d, lambda drv: _loaded_images(drv, "#mv-grid img"), 30, "the grid")[0]
+    assert d.execute_script("return arguments[0].naturalHeight", grid) >= DISPLAY_HEIGHT
+    assert d.execute_script("return getComputedStyle(arguments[0]).imageRendering", images[0]) == "pixelated"
+    downloads = _wait(d, lambda drv: _file_names(drv, "#mv-files"), 30, "downloads")
+    assert "view_00_00.png" in downloads  # the native file (read above from the run folder)
+
+
+def test_out_of_range_values_are_refused_naming_the_range_and_never_changed(server, browser):
+    d = browser
+    _open(d, server)
+    _choose(d, "mv-model", "tiny-random")
+    _fill(d, "mv-prompt", "a purple cone")
+    for field, value, message in (
+            ("mv-steps", 0, "steps must be a whole number between 1 and 1000, got 0"),
+            ("mv-steps", 5000, "steps must be a whole number between 1 and 1000, got 5000"),
+            ("mv-guidance", -5, "the guidance scale must be a number between 0.0 and 100.0, got -5"),
+            ("mv-views", 2.5, "the number of views must be a whole number between 1 and 16, got 2.5")):
+        before = {f: _value(d, f) for f in ("mv-steps", "mv-guidance", "mv-views")}
+        _fill(d, field, value)
+        assert float(_value(d, field)) == value, f"#{field} changed what was typed"
+        _by_css(d, "#mv-generate")[0].click()
+        _wait(d, lambda drv, m=message: m in _toasts(drv), 60, message)
+        _close_toasts(d)
+        assert float(_value(d, field)) == value
+        _fill(d, field, before[field])
+    _fill(d, "mv-steps", 3)
+    _fill(d, "mv-guidance", 4.5)
+    _fill(d, "mv-views", 2)
+    _by_css(d, "#mv-generate")[0].click()
+    status = _wait(d, lambda drv: "views of" in _text(drv, "mv-status") and _text(drv, "mv-status"), what="views")
+    assert ("Settings used: views 2, elevation 15, azimuth start 0, sampler ddim, steps 3, guidance scale 4.5, "
+            "seed 0, model tiny-random") in status
+    assert _runs(server, "generate")[-1]["used"]["steps"] == 3
+
+
+def _stop_run_by_api(server: Server, run_id: str) -> None:
+    """Cancel a text-to-3D run of the server (clean-up after a failed test): follow it, then cancel."""
+    from gradio_client import Client
+
+    client = Client(server.url, verbose=False)
+    follow = client.submit(run_id, api_name="/open_3d")
+    deadline = time.monotonic() + 60
+    while not follow.outputs() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    client.predict(api_name="/cancel")
+    follow.result(TIMEOUT)
+
+
+def test_a_text_to_3d_run_goes_on_when_its_page_closes_and_the_runs_list_reopens_it(server, browser):
+    d = browser
+    home = d.current_window_handle
+    d.switch_to.new_window("tab")
+    _open(d, server, "Text-to-3D")
+    _fill(d, "t3d-prompt", "a run left alone")
+    _fill(d, "t3d-steps", 5000)
+    _by_css(d, "#t3d-run")[0].click()
+    _wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= 1, what="optimising")
+    run = _runs(server, "text-to-3d")[-1]
+    assert run["prompt"] == "a run left alone"
+    run_id = f"text-to-3d/{run['dir'].name}"
+    d.close()  # the page that started it goes (before, that stopped the run within about 3 s)
+    closed = time.monotonic()
+    d.switch_to.window(home)
+    try:
+        time.sleep(2.0)
+        _open(d, server, "Text-to-3D")
+        _choose(d, "t3d-runs", "a run left alone")
+        first = _wait(d, lambda drv: _step(_text(drv, "t3d-status")), 60, "the run, followed live")
+        _wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= first + 3 and time.monotonic() > closed + 6, 120,
+              "steps after the page closed")
+        assert json.loads((run["dir"] / "run.json").read_text())["status"] == "running"
+        assert _loaded_images(d, "#t3d-preview img") or _wait(
+            d, lambda drv: _loaded_images(drv, "#t3d-preview img"), 30, "its multi-view preview")
+        _wait(d, lambda drv: _loaded_images(drv, "#t3d-live img"), 30, "its current render")
+        _by_css(d, "#t3d-cancel")[0].click()  # Cancel stops the run this page reopened
+        status = _wait(d, lambda drv: "Stopped at step" in _text(drv, "t3d-status") and _text(drv, "t3d-status"),
+                       120, "stopped")
+    except BaseException:
+        _stop_run_by_api(server, run_id)
+        raise
+    stopped = json.loads((run["dir"] / "run.json").read_text())
+    assert stopped["status"] == "stopped" and stopped["steps_done"] > first + 2 and "Resume" in status
+    # the list says what each run is; a finished run reopens with its mesh and video
+    _by_css(d, "#t3d-runs-refresh")[0].click()
+    _by_css(d, "#t3d-runs input")[0].click()
+    options = _wait(d, lambda drv: [o.get_attribute("textContent") for o in _by_css(drv, "[role=option]")], 30,
+                    "the runs")
+    assert any("a run left alone" in o and f"stopped, resumable from step {stopped['steps_done']}" in o
+               for o in options), options
+    _by_css(d, "#t3d-runs input")[0].click()
+    _choose(d, "t3d-runs", "a red cube with a yellow nose")
+    _wait(d, lambda drv: "done" in _text(drv, "t3d-status") and "Settings used" in _text(drv, "t3d-status"), 60,
+          "the finished run")
+    _wait(d, lambda drv: _by_css(drv, "#t3d-model3d canvas"), 60, "its 3D viewer")
+    _wait(d, lambda drv: (_by_css(drv, "#t3d-video video") or [None])[0] is not None and
+          _by_css(drv, "#t3d-video video")[0].get_attribute("src").split("?")[0].endswith(".mp4"), 60, "its video")
+    assert _file_names(d, "#t3d-files") >= {"mesh.glb", "turntable.mp4", "preview.png"}
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_from_its_last_checkpoint_after_a_server_restart(tmp_path, browser):
+    """A server killed mid-run (kill -9) leaves the run "running" with a checkpoint; the next server lists it
+    as interrupted and Resume continues it from that checkpoint, every step logged once."""
+    from gradio_client import Client
+
+    out, log, extra = tmp_path / "out", tmp_path / "server.log", ("--set", "output.checkpoint_every=2")
+    proc, first = _start_server(out, log, extra)
+    try:
+        Client(first.url, verbose=False).submit("a restarted run", 5000, 0, 0, 20, "tiny-random",
+                                                api_name="/text_to_3d")
+        deadline = time.monotonic() + TIMEOUT
+        while not list(out.glob("text-to-3d/*/checkpoints/latest/state.json")):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    run_dir = next(out.glob("text-to-3d/*"))
+    checkpoint = json.loads((run_dir / "checkpoints" / "latest" / "state.json").read_text())["step"]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # nobody told it
+    proc, second = _start_server(out, log, extra)
+    try:
+        d = browser
+        _open(d, second, "Text-to-3D")
+        _choose(d, "t3d-runs", f"interrupted, resumable from step {checkpoint}")
+        _wait(d, lambda drv: f"its last checkpoint is at step {checkpoint}" in _text(drv, "t3d-status"), 60,
+              "the interrupted run")
+        _by_css(d, "#t3d-resume")[0].click()
+        _wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= checkpoint + 3, TIMEOUT, "the run going on")
+        _by_css(d, "#t3d-cancel")[0].click()
+        status = _wait(d, lambda drv: "Stopped at step" in _text(drv, "t3d-status") and _text(drv, "t3d-status"),
+                       120, "stopped again")
+    finally:
+        _stop_server(proc)
+    done = json.loads((run_dir / "run.json").read_text())["steps_done"]
+    assert f"Stopped at step {done}/5000" in status and done >= checkpoint + 3
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, done + 1))
 
 
 # ---------------------------------------------------------------------------------------------- HTTP and API
@@ -437,7 +721,7 @@ def test_gradio_client_requests_wait_their_turn(server):
 
     a_client = Client(server.url, verbose=False)
     a = a_client.submit("a long api run", 5000, 0, 0, 20, "tiny-random", api_name="/text_to_3d")
-    while "step " not in str((a.outputs() or [[""]])[-1][0]):
+    while _step(str((a.outputs() or [[""]])[-1][0])) < 1:  # optimising: Cancel stops after the step in flight
         assert not a.done(), a.result()
         time.sleep(0.1)
     b = Client(server.url, verbose=False).submit("queued second", "", 2, 15, 0, "ddim", 1, 7.5, 0, "tiny-random",
@@ -506,7 +790,7 @@ def test_a_full_queue_refuses_clearly_and_every_accepted_job_completes(server):
 
     holder = Client(server.url, verbose=False)
     hold = holder.submit("a queue holder", 5000, 0, 0, 20, "tiny-random", api_name="/text_to_3d")
-    while "step " not in str((hold.outputs() or [[""]])[-1][0]):
+    while _step(str((hold.outputs() or [[""]])[-1][0])) < 1:
         assert not hold.done(), hold.result()
         time.sleep(0.1)
     extra = 3
@@ -603,3 +887,119 @@ def test_runs_started_in_the_same_second_list_newest_first(tmp_path, monkeypatch
         monkeypatch.setattr(R.time, "time", lambda i=i: 1000.0 + i)
         made.append(R.new_run(tmp_path, "generate", f"run {i}", {}))
     assert [r.id for r in R.list_runs(tmp_path)] == [r.id for r in reversed(made)]
+
+
+def test_progress_estimates_time_left_from_the_measured_rate(monkeypatch):
+    from mvdream3d.webapp import progress as P
+
+    now = [100.0]
+    monkeypatch.setattr(P.time, "monotonic", lambda: now[0])
+    p = P.JobProgress("text-to-3D", ["multi-view preview", "optimisation", "mesh: marching cubes"])
+    p.stage("optimisation", 400)
+    now[0] += 30.0  # the first step carries the warm-up: not counted
+    p.update(1)
+    assert p.snapshot()["seconds_left"] is None and "measuring the speed" in p.text()
+    for _ in range(9):  # then 0.5 s a step
+        now[0] += 0.5
+        p.update(p.current.done + 1)
+    s = p.snapshot()
+    assert s["seconds_per_unit"] == pytest.approx(0.5) and s["seconds_left"] == pytest.approx(390 * 0.5)
+    text = p.text()
+    assert "optimisation (stage 2 of 3)" in text and "step 10/400" in text and "about 3 min 15 s left" in text
+    assert "next: mesh: marching cubes" in text
+    for _ in range(P.RATE_WINDOW + 5):  # the rate follows the recent steps (a new resolution milestone)
+        now[0] += 2.0
+        p.update(p.current.done + 1)
+    assert p.snapshot()["seconds_per_unit"] == pytest.approx(2.0)
+    p.stage("mesh: marching cubes", unit="")
+    now[0] += 4.0
+    assert "running for 4 s" in p.text()
+    p.finish()
+    assert p.summary() == "optimisation 1 min 24 s, mesh: marching cubes 4 s"
+
+
+def test_example_prompts_are_captions_of_the_builtin_world():
+    """The examples name only what the built-in model was trained on: the procedural world's colours, shapes
+    and front features, none of its held-out concepts."""
+    import re
+
+    from mvdream3d.data.synth import COLORS, DEFAULT_HELD_OUT_COLORS, DEFAULT_HELD_OUT_SHAPES, FEATURES, SHAPES
+    from mvdream3d.webapp.app import EXAMPLE_PROMPTS
+
+    colors = "|".join(c for c in COLORS if c not in DEFAULT_HELD_OUT_COLORS)
+    shapes = "|".join(s for s in SHAPES if s not in DEFAULT_HELD_OUT_SHAPES)
+    thing = rf"an? (?:{colors}) (?:{shapes})"
+    caption = re.compile(rf"^{thing}(?: with an? (?:{colors}) (?:{'|'.join(FEATURES)})| and {thing})?$")
+    assert len(EXAMPLE_PROMPTS) >= 4
+    for prompt in EXAMPLE_PROMPTS:
+        assert caption.match(prompt), prompt
+    assert {f for f in FEATURES if any(f in p for p in EXAMPLE_PROMPTS)} == set(FEATURES)
+
+
+@pytest.fixture
+def tiny_handlers(tmp_path):
+    pytest.importorskip("gradio", reason='the web app needs the ui extra: pip install -e ".[dev,ui]"')
+    from mvdream3d.webapp.handlers import Handlers
+    from mvdream3d.webapp.models import ModelRegistry
+
+    out = tmp_path / "out"
+    return Handlers(ModelRegistry(out, ["tiny-random"], device="cpu"), out, "builtin", tuple(TINY_3D))
+
+
+def test_a_text_to_3d_job_reports_every_stage_its_preview_and_the_settings_it_used(tiny_handlers):
+    from mvdream3d.webapp.jobs import T3D_STAGES, TextTo3DJob
+
+    h = tiny_handlers
+    job = TextTo3DJob(h.registry, h.out_dir, "a red cube", 3, 0, 0, None, "tiny-random", h.config, h.overrides,
+                      slot=h.slot)
+    stages, previews = [], []
+    enter = job.progress.stage
+
+    def stage(name, *args, **kwargs):
+        stages.append(name)
+        previews.append(job.preview_live)
+        enter(name, *args, **kwargs)
+
+    job.progress.stage = stage
+    for _ in job.start().watch(min_interval_s=0.0):
+        pass
+    assert job.error is None and job.result.finished
+    assert stages == ["starting", *T3D_STAGES.values()]  # every stage, named, in order
+    assert previews[1] is None and previews[2] is not None  # the preview's own picture while it samples
+    assert previews[2].shape[0] >= 192 and previews[2].shape[1] == 4 * previews[2].shape[0]  # 4 views, enlarged
+    assert job.live is not None and job.live.shape[0] >= 192
+    assert [n for n, _ in job.progress.history] == stages  # where the time went, for the final status
+    info = json.loads((job.run.dir / "run.json").read_text())
+    assert info["status"] == "done" and info["settings"]["guidance_scale"] is None
+    assert info["used"] == {"steps": 3, "render resolution": "16 px", "guidance scale": 20.0, "seed": 0,
+                            "model": "tiny-random"}  # the recipe's guidance and resolution (TINY_3D), named
+
+
+def test_a_stopping_server_checkpoints_its_runs_and_resume_continues_them(tiny_handlers):
+    """What a server restart does to a text-to-3D run: the stopping server saves it (interrupted, resumable);
+    a new server resumes it from that checkpoint with its own settings, every step logged once."""
+    from mvdream3d.webapp.jobs import TextTo3DJob
+    from mvdream3d.webapp.runs import find_run
+
+    h = tiny_handlers
+    job = TextTo3DJob(h.registry, h.out_dir, "a long run", 5000, 0, 3, 25, "tiny-random", h.config, h.overrides,
+                      slot=h.slot)
+    h._live[job.run.id] = job
+    for _ in job.start().watch(min_interval_s=0.0):
+        if job.row is not None and job.row["step"] >= 2:
+            break
+    assert h.shutdown() == [job.run.id]
+    run = find_run(h.out_dir, job.run.id)
+    assert run.info["status"] == "interrupted" and h._state(run) == "interrupted"
+    stopped_at = h._checkpoint_step(run)
+    assert stopped_at == run.info["steps_done"] >= 2
+    again = TextTo3DJob.resume(h.registry, run, slot=h.slot)
+    assert again.resuming and again.steps == 5000 and again.seed == 3
+    assert again.used()["guidance scale"] == 25 and again.progress.plan[0] == "optimisation"  # no new preview
+    for _ in again.start().watch(min_interval_s=0.0):
+        if again.row is not None and again.row["step"] >= stopped_at + 2:
+            again.cancel()
+    assert again.error is None and not again.result.finished and again.result.steps_done >= stopped_at + 2
+    steps = [json.loads(line)["step"] for line in (run.dir / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, again.result.steps_done + 1))
+    assert json.loads((run.dir / "run.json").read_text())["status"] == "stopped"

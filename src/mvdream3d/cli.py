@@ -49,7 +49,7 @@ def _load_pipeline(args: argparse.Namespace):
 
 
 def write_generation(res: MultiViewOutput, out: str | Path, *, prompt: str, seed: int | None, steps: int,
-                     guidance: float, sampler: str, rows: int = 1) -> dict[str, Any]:
+                     guidance: float, sampler: str, rows: int = 1, guidance_rescale: float = 0.0) -> dict[str, Any]:
     """Write what ``mvdream3d generate`` writes: ``view_OO_VV.png`` per view, ``grid.png`` (``rows`` rows) and
     ``cameras.json`` (the settings, cameras and view file names) into ``out``; returns the cameras.json data."""
     out = Path(out)
@@ -58,7 +58,7 @@ def write_generation(res: MultiViewOutput, out: str | Path, *, prompt: str, seed
         im.save(out / f"view_{i // f:02d}_{i % f:02d}.png")
     res.grid(rows=rows).save(out / "grid.png")
     cams = {
-        "prompt": prompt, "seed": seed, "steps": steps, "guidance": guidance,
+        "prompt": prompt, "seed": seed, "steps": steps, "guidance": guidance, "guidance_rescale": guidance_rescale,
         "sampler": sampler, "height": res.images[0].height, "width": res.images[0].width,
         "fov_deg": res.cameras["fov_deg"], "convention": res.cameras["convention"],
         "elevation": res.cameras["elevation"], "azimuth": res.cameras["azimuth"],
@@ -81,6 +81,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     args.sampler = args.sampler or defaults["sampler"]
     args.steps = args.steps or int(defaults["steps"])
     args.guidance = float(defaults["guidance_scale"]) if args.guidance is None else args.guidance
+    if args.guidance_rescale is None:
+        args.guidance_rescale = float(defaults["guidance_rescale"])
     if args.cpu_offload:
         pipe.enable_cpu_offload(args.device)
     t0 = time.perf_counter()
@@ -89,10 +91,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         azimuth_start=args.azimuth_start, azimuth_span=args.azimuth_span, guidance_scale=args.guidance,
         num_inference_steps=args.steps, sampler=args.sampler, seed=args.seed, num_objects=args.num_objects,
         height=args.size, width=args.size, eta=args.eta, prompt_suffix=args.suffix, progress=True,
+        guidance_rescale=args.guidance_rescale,
     )
     seconds = time.perf_counter() - t0
     write_generation(res, out, prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                     sampler=args.sampler, rows=args.num_objects)
+                     sampler=args.sampler, rows=args.num_objects, guidance_rescale=args.guidance_rescale)
     print(f"wrote {len(res.images)} views, grid.png and cameras.json to {out} in {seconds:.1f} s")
     return 0
 
@@ -221,9 +224,12 @@ def _add_generate(sub: Any, name: str, help: str) -> None:
     g.add_argument("--azimuth-start", type=float, default=0.0)
     g.add_argument("--azimuth-span", type=float, default=360.0)
     g.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default: the model's; 50 for the published models, 20 for the built-in)")
+                   help="sampling steps (default: the model's; 50 for the published models)")
     g.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the model's; 7.5 published, 5 built-in)")
+                   help="classifier-free guidance scale (default: the model's; 7.5 for the published models)")
+    g.add_argument("--guidance-rescale", type=float, default=None,
+                   help="0-1: rescale the guided prediction to the conditional one's spread, against the "
+                        "over-saturated colours of large guidance (default: the model's; 0 published)")
     g.add_argument("--sampler", default=None, choices=["ddim", "dpmpp_2m", "unipc", "euler", "euler_a"],
                    help="default: the model's (ddim)")
     g.add_argument("--eta", type=float, default=0.0)

@@ -198,6 +198,7 @@ class MultiViewPipeline:
         eta: float = 0.0,
         callback: StepCallback | None = None,
         progress: bool = False,
+        guidance_rescale: float = 0.0,
     ) -> MultiViewOutput:
         """Generate ``num_objects`` objects per prompt, ``num_views`` views each.
 
@@ -206,7 +207,9 @@ class MultiViewPipeline:
         by the model's total downsampling; None means the model's native size (256 for the published
         models, 32 for the built-in one). ``prompt_suffix`` None means the model's own default (", 3d asset"
         for the published models, as in their sampling script; "" for models trained by this project).
-        Returns a :class:`MultiViewOutput`.
+        ``guidance_rescale`` in [0, 1] rescales the guided prediction towards the conditional one's spread
+        (0: plain CFG; see :func:`mvdream3d.diffusion.sampling.rescale_guidance`); the model's
+        ``sampling_defaults`` say what it was evaluated with. Returns a :class:`MultiViewOutput`.
         """
         m = self.model
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -221,6 +224,8 @@ class MultiViewPipeline:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if not 0.0 <= float(guidance_rescale) <= 1.0:
+            raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
         if num_objects < 1:
             raise ValueError(f"num_objects must be >= 1, got {num_objects}")
         if dtype is not None or device is not None:
@@ -262,7 +267,7 @@ class MultiViewPipeline:
         self._on(m.unet, run_device)
         latents = sample(m.unet, x_T, cond, uncond, f, num_inference_steps, guidance_scale, eta, sampler,
                          schedule=m.noise_schedule, generator=gen if run_device.type == "cpu" else None,
-                         callback=callback, progress=progress)
+                         callback=callback, progress=progress, guidance_rescale=float(guidance_rescale))
         self._on(m.unet, torch.device("cpu"))
         self._on(m.vae, run_device)
         with torch.no_grad():

@@ -121,7 +121,7 @@ def _load_pipeline(model: str, device: str, dtype: str):
 
 def _generate(
     pipe: Any, prompts: Sequence[Prompt], num_objects: int, steps: int, guidance: float, size: int, seed: int,
-    sampler: str, suffix: str, progress: bool,
+    sampler: str, suffix: str, progress: bool, guidance_rescale: float = 0.0,
 ) -> np.ndarray:
     """Generated views (P, O, V, size, size, 3) uint8; prompt ``i`` uses seed ``SeedSequence([seed, i])``."""
     from tqdm.auto import tqdm
@@ -133,7 +133,7 @@ def _generate(
         res = pipe(
             [prompt.text], num_views=v, elevation=EVAL_ELEVATION, azimuth_start=EVAL_AZIMUTHS[0], azimuth_span=360,
             num_inference_steps=steps, guidance_scale=guidance, sampler=sampler, seed=s, num_objects=num_objects,
-            height=size, width=size, prompt_suffix=suffix,
+            height=size, width=size, prompt_suffix=suffix, guidance_rescale=guidance_rescale,
         )
         az = res.cameras.get("azimuth")
         if az is not None and not np.allclose(az, EVAL_AZIMUTHS):
@@ -200,22 +200,26 @@ def evaluate(
     out: str | os.PathLike,
     prompts: str | os.PathLike | Sequence[str] | None = None,
     num_objects: int = 2,
-    steps: int = 20,
-    guidance: float = 5.0,
+    steps: int | None = None,
+    guidance: float | None = None,
     size: int | None = None,
     seed: int = 0,
     ground_truth: bool = False,
     classifier: str | os.PathLike | None = None,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     suffix: str = "",
     device: str = "cpu",
     dtype: str = "fp32",
     held_out_colors: Sequence[str] = synth.DEFAULT_HELD_OUT_COLORS,
     held_out_shapes: Sequence[str] = synth.DEFAULT_HELD_OUT_SHAPES,
     progress: bool = True,
+    guidance_rescale: float | None = None,
 ) -> dict:
     """Evaluate ``model`` (anything ``MultiViewPipeline.from_pretrained`` takes), or ground-truth renders with
     ``ground_truth=True``, and write the reports into ``out``. Returns the report (report.json's content).
+
+    ``steps``, ``guidance``, ``sampler`` and ``guidance_rescale`` left at None take the model's
+    ``sampling_defaults`` (what ``generate`` uses), so the report measures what a user gets.
 
     Raises:
         ValueError: bad arguments, a bad prompt file or model; FileNotFoundError: missing files;
@@ -226,16 +230,18 @@ def evaluate(
         raise ValueError("give either MODEL or --ground-truth, not both")
     if not ground_truth and model is None:
         raise ValueError("give a MODEL to evaluate (a name or checkpoint path, e.g. tiny-random) or --ground-truth")
-    num_objects, steps = int(num_objects), int(steps)
+    num_objects = int(num_objects)
     size = int(size) if size is not None else (64 if ground_truth else None)
     if num_objects < 1:
         raise ValueError(f"--num-objects must be >= 1, got {num_objects}")
-    if steps < 1:
+    if steps is not None and int(steps) < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if size is not None and size < 8:
         raise ValueError(f"--size must be >= 8 pixels, got {size}")
-    if not math.isfinite(float(guidance)):
+    if guidance is not None and not math.isfinite(float(guidance)):
         raise ValueError(f"--guidance must be a number, got {guidance}")
+    if guidance_rescale is not None and not 0.0 <= float(guidance_rescale) <= 1.0:
+        raise ValueError(f"--guidance-rescale must be in [0, 1], got {guidance_rescale}")
     for c in held_out_colors:
         if c not in synth.COLORS:
             raise ValueError(f"unknown held-out colour {c!r}; known: {', '.join(synth.COLORS)}")
@@ -260,6 +266,11 @@ def evaluate(
         pipe = _load_pipeline(str(model), device, dtype)
         m = pipe.model
         size = m.native_size if size is None else size
+        defaults = m.sampling_defaults
+        steps = int(defaults["steps"]) if steps is None else steps
+        guidance = float(defaults["guidance_scale"]) if guidance is None else guidance
+        sampler = str(defaults["sampler"]) if sampler is None else sampler
+        guidance_rescale = float(defaults["guidance_rescale"]) if guidance_rescale is None else guidance_rescale
         factor = m.downsample_factor * m.unet.downsample_factor
         if size % factor:
             raise ValueError(f"--size must be a multiple of {factor} for this model, got {size}")
@@ -275,7 +286,8 @@ def evaluate(
         gen = ceil
     else:
         t = time.perf_counter()
-        gen = _generate(pipe, plist, num_objects, steps, float(guidance), size, seed, sampler, suffix, progress)
+        gen = _generate(pipe, plist, num_objects, int(steps), float(guidance), size, seed, sampler, suffix, progress,
+                        float(guidance_rescale))
         seconds["generate"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
@@ -316,8 +328,10 @@ def evaluate(
         "settings": {
             "prompts": str(prompts if prompts is not None and not isinstance(prompts, list | tuple)
                            else default_prompts_path() if prompts is None else "<list>"),
-            "num_objects": num_objects, "steps": steps, "guidance": float(guidance), "size": size, "seed": int(seed),
-            "sampler": sampler, "suffix": suffix, "device": device, "dtype": dtype,
+            "num_objects": num_objects, "steps": steps, "size": size, "seed": int(seed),
+            "guidance": None if guidance is None else float(guidance),
+            "guidance_rescale": None if guidance_rescale is None else float(guidance_rescale), "sampler": sampler,
+            "suffix": suffix, "device": device, "dtype": dtype,
             "held_out_concepts": [*held_out_colors, *held_out_shapes], "ground_truth": bool(ground_truth),
         },
         "views": {"elevation": EVAL_ELEVATION, "azimuths": list(EVAL_AZIMUTHS), "fov_deg": _eval_fov(),
@@ -397,12 +411,14 @@ def add_evaluate_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=None, metavar="FILE",
                    help="prompt file, one prompt per line (default: the shipped held-out prompt set)")
     p.add_argument("--num-objects", type=int, default=2, help="objects per prompt (default 2)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--guidance-rescale", type=float, default=None, help="guidance rescale 0-1 (default: the model's)")
     p.add_argument("--size", type=int, default=None,
                    help="image size in pixels (default: the model's native size; 64 for --ground-truth)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "unipc", "euler", "euler_a"])
+    p.add_argument("--sampler", default=None, choices=["ddim", "dpmpp_2m", "unipc", "euler", "euler_a"],
+                   help="default: the model's")
     p.add_argument("--suffix", default="", help="appended to every prompt (default none: the world's captions)")
     p.add_argument("--classifier", default=None, metavar="FILE",
                    help="view classifier weights (default: the shipped one)")
@@ -426,7 +442,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             guidance=args.guidance, size=args.size, seed=args.seed, ground_truth=args.ground_truth,
             classifier=args.classifier, sampler=args.sampler, suffix=args.suffix, device=args.device,
             dtype=args.dtype, held_out_colors=args.holdout_colors, held_out_shapes=args.holdout_shapes,
-            progress=not args.no_progress,
+            progress=not args.no_progress, guidance_rescale=args.guidance_rescale,
         )
     print(f"\nmodel: {report['model']}  ({len(report['prompts'])} prompts x {args.num_objects} objects x 4 views; "
           f"ceiling = ground-truth renders)")

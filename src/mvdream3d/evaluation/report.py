@@ -249,7 +249,8 @@ def _settings_lines(report: dict) -> list[str]:
         f"model: `{report['model']}`",
         f"prompts: {len(report['prompts'])} from `{s['prompts']}`; {s['num_objects']} object(s) per prompt; "
         f"held-out concepts: {', '.join(s['held_out_concepts'])}",
-        f"sampling: {s['steps']} {s['sampler']} steps, guidance {s['guidance']}, {s['size']} px, seed {s['seed']}, "
+        f"sampling: {s['steps']} {s['sampler']} steps, guidance {s['guidance']} "
+        f"(rescale {s.get('guidance_rescale') or 0}), {s['size']} px, seed {s['seed']}, "
         f"prompt suffix {s['suffix']!r}" if report["model"] != "ground-truth" else
         f"ground-truth renders at {s['size']} px (seed {s['seed']}): the ceiling evaluated as a model",
         f"views: elevation {v['elevation']}, azimuths {', '.join(str(a) for a in v['azimuths'])}, fov {v['fov_deg']}",

@@ -113,12 +113,14 @@ class MVDreamModel(nn.Module):
 
     @property
     def sampling_defaults(self) -> dict[str, Any]:
-        """Sampler, steps and CFG scale the CLI and web app use when none are given.
+        """Sampler, steps, CFG scale and guidance rescale the CLI, ``evaluate`` and the web app use when none
+        are given.
 
-        The published models' (DDIM, 50 steps, scale 7.5) unless the config's ``sampling`` section names
-        the settings the model was evaluated with (the built-in model: DDIM, 20 steps, scale 5).
+        The published models' (DDIM, 50 steps, scale 7.5, no rescale) unless the config's ``sampling``
+        section names the settings the model was evaluated with (the built-in model's come from a sweep, see
+        docs/model_card.md).
         """
-        out: dict[str, Any] = {"sampler": "ddim", "steps": 50, "guidance_scale": 7.5}
+        out: dict[str, Any] = {"sampler": "ddim", "steps": 50, "guidance_scale": 7.5, "guidance_rescale": 0.0}
         out.update(self.params.get("sampling") or {})
         return out
 

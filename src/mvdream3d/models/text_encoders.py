@@ -20,11 +20,13 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel
+
+if TYPE_CHECKING:  # transformers costs seconds to import: only the encoders that use it import it
+    from transformers import CLIPTextModel
 
 from .tokenizer import HF_CLIP_PAD_ID, OPEN_CLIP_PAD_ID, ClipTokenizer
 
@@ -207,6 +209,8 @@ class CLIPTextEncoder(_TextEncoderBase):
     """
 
     def __init__(self, config: Mapping[str, Any] | None = None, pad_token_id: int = HF_CLIP_PAD_ID) -> None:
+        from transformers import CLIPTextConfig, CLIPTextModel
+
         super().__init__()
         cfg = {**DEFAULT_CLIP_TEXT_CONFIG, **(config or {})}
         self.transformer = _HFTextHolder(CLIPTextModel(CLIPTextConfig(**cfg)))
@@ -331,6 +335,8 @@ def build_text_encoder(cond_stage_config: Mapping[str, Any] | None) -> nn.Module
             raise ValueError(f"FrozenCLIPEmbedder: only layer='last' is supported, got {layer!r}")
         max_length = params.get("max_length", 77)
         pad = int(params.pop("tokenizer_pad_id", HF_CLIP_PAD_ID))
+        from transformers import CLIPTextConfig
+
         fields = set(CLIPTextConfig().to_dict())
         unknown = set(params) - fields - _IGNORED
         if unknown:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL
-from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
+
+if TYPE_CHECKING:  # diffusers costs seconds to import: only what builds or converts a VAE imports it
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 _DDCONFIG_KEYS = {
     "double_z",
@@ -111,6 +111,8 @@ def ldm_to_diffusers(state: Mapping[str, torch.Tensor], levels: int) -> dict[str
         "down_block_types": ("DownEncoderBlock2D",) * levels,
         "up_block_types": ("UpDecoderBlock2D",) * levels,
     }
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
     return convert_ldm_vae_checkpoint(dict(state), config)
 
 
@@ -122,6 +124,8 @@ class AutoencoderKLWrapper(nn.Module):
     """
 
     def __init__(self, params: Mapping[str, Any]) -> None:
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
         super().__init__()
         self.config = diffusers_vae_config(params)
         self.levels = len(self.config["block_out_channels"])

@@ -36,7 +36,8 @@ def add_text_to_3d_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model name or checkpoint (default: the config's, else built-in)")
     p.add_argument("--config", default=None,
                    help="builtin | mvdream-sd21 | mvdream-sd21-lowmem | a YAML path "
-                        "(default: builtin for pixel models, mvdream-sd21 for latent ones)")
+                        "(default: builtin for the built-in and other models of at most 64 px, "
+                        "mvdream-sd21 for the published ones)")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (overrides optim.steps)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")

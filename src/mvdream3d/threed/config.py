@@ -20,7 +20,8 @@ from ..training.config import ConfigError, _check, _section, apply_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "text_to_3d"
 
-__all__ = ["CONFIG_DIR", "TextTo3DConfig", "available_configs", "default_config_name", "load_text_to_3d_config"]
+__all__ = ["CONFIG_DIR", "TextTo3DConfig", "available_configs", "default_config_for", "default_config_name",
+           "load_text_to_3d_config"]
 
 
 @dataclass
@@ -83,7 +84,7 @@ class GuidanceSection:
     t_start: list = field(default_factory=lambda: [0.98, 0.98])  # (t_min, t_max) fractions at step 0
     t_end: list = field(default_factory=lambda: [0.02, 0.50])  # ... reached at anneal_steps
     anneal_steps: int = 8000
-    render_size: int | None = None  # renders are resized to this before encoding (None: 256 latent / native)
+    render_size: int | None = None  # renders are resized to this before encoding (None: the model's native size)
 
 
 @dataclass
@@ -225,6 +226,12 @@ def available_configs() -> list[str]:
 def default_config_name(pixel_model: bool) -> str:
     """``builtin`` for pixel-space (CPU) models, the published recipe for latent models."""
     return "builtin" if pixel_model else "mvdream-sd21"
+
+
+def default_config_for(model: Any) -> str:
+    """The recipe for ``model``: ``builtin`` (the CPU recipe) for the built-in model and other small models
+    (native size <= 64 px, latent or pixel), the published recipe for the 256 px published models."""
+    return "builtin" if model.native_size <= 64 else "mvdream-sd21"
 
 
 def load_text_to_3d_config(config: str | os.PathLike | dict | None, overrides: list[str] | None = None,

@@ -37,6 +37,7 @@ from .renderer import VolumeRenderer, eval_mode, render_views
 
 __all__ = [
     "EmptyFieldError",
+    "ExportProgress",
     "choose_threshold",
     "density_grid",
     "extract_mesh",
@@ -47,6 +48,14 @@ __all__ = [
 ]
 
 _QUERY_CHUNK = 1 << 16
+# progress of an export: (stage name, units done, units in the stage); a stage of one piece of work is
+# reported as (name, 0, 1) when it starts and (name, 1, 1) when it ends
+ExportProgress = Callable[[str, int, int], None]
+
+
+def _report(progress: ExportProgress | None, stage: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(stage, done, total)
 
 
 class EmptyFieldError(ValueError):
@@ -63,8 +72,9 @@ def _device_of(module: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def density_grid(geometry: nn.Module, resolution: int) -> np.ndarray:
+def density_grid(geometry: nn.Module, resolution: int, progress: ExportProgress | None = None) -> np.ndarray:
     """Density on a ``resolution^3`` grid of points spanning the box [-radius, radius]^3, ends included.
+    ``progress`` is told ("density grid", chunks done, chunks) as the points are queried.
 
     Returns:
         (R, R, R) float32 array, ``grid[i, j, k]`` = density at ``(x_i, y_j, z_k)`` with
@@ -74,9 +84,14 @@ def density_grid(geometry: nn.Module, resolution: int) -> np.ndarray:
         raise ValueError(f"resolution must be >= 2, got {resolution}")
     axis = torch.linspace(-geometry.radius, geometry.radius, resolution, device=_device_of(geometry))
     points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    chunks = points.split(_QUERY_CHUNK)
+    parts = []
     with eval_mode(geometry):
-        density = torch.cat([geometry(c)["density"] for c in points.split(_QUERY_CHUNK)])
-    return density.view(resolution, resolution, resolution).float().cpu().numpy()
+        for i, c in enumerate(chunks):
+            _report(progress, "density grid", i, len(chunks))
+            parts.append(geometry(c)["density"])
+    _report(progress, "density grid", len(chunks), len(chunks))
+    return torch.cat(parts).view(resolution, resolution, resolution).float().cpu().numpy()
 
 
 def _query_albedo(geometry: nn.Module, points: np.ndarray) -> np.ndarray:
@@ -191,6 +206,7 @@ def extract_mesh(
     fov_deg: float = 40.0,
     min_component_fraction: float = 0.05,
     simplify_faces: int | None = None,
+    progress: ExportProgress | None = None,
 ) -> trimesh.Trimesh:
     """Marching-cubes mesh of ``density = threshold`` with vertex colours from the albedo.
 
@@ -206,6 +222,8 @@ def extract_mesh(
             largest one's are removed as floaters (0 keeps all).
         simplify_faces: target face count for quadric decimation (needs trimesh's optional
             ``fast_simplification``; skipped with a warning without it).
+        progress: told each stage as it runs: "density grid" (per chunk of points), "choosing the threshold",
+            "marching cubes", "vertex colours".
 
     Returns:
         A watertight (the grid is padded with empty space) trimesh in world coordinates, outward-facing,
@@ -217,16 +235,19 @@ def extract_mesh(
     """
     del background
     radius = float(geometry.radius)
-    grid = density_grid(geometry, resolution)
+    grid = density_grid(geometry, resolution, progress)
     metadata: dict[str, float] = {}
     if threshold is None:
+        _report(progress, "choosing the threshold", 0, 1)
         threshold, metadata["threshold_iou"] = choose_threshold(geometry, grid, renderer, fov_deg)
+        _report(progress, "choosing the threshold", 1, 1)
     threshold = float(threshold)
     if not threshold > 0:
         raise ValueError(f"threshold must be a positive density, got {threshold}")
     if not float(grid.max()) > threshold:
         raise _empty_error(f"{threshold:g}")
 
+    _report(progress, "marching cubes", 0, 1)
     voxel = 2.0 * radius / (resolution - 1)
     padded = np.pad(grid, 1, constant_values=0.0)  # closes the surface where the object meets the box
     verts, faces, _, _ = marching_cubes(padded, level=threshold, spacing=(voxel, voxel, voxel), allow_degenerate=False)
@@ -242,11 +263,14 @@ def extract_mesh(
         except ImportError as e:
             warnings.warn(f"mesh simplification skipped ({e}); install fast_simplification to enable it",
                           stacklevel=2)
+    _report(progress, "marching cubes", 1, 1)
+    _report(progress, "vertex colours", 0, 1)
     albedo = _query_albedo(geometry, mesh.vertices)
     rgba = np.concatenate([np.round(albedo * 255), np.full((len(albedo), 1), 255)], axis=1).astype(np.uint8)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba)
     metadata["threshold"] = threshold
     mesh.metadata.update(metadata)
+    _report(progress, "vertex colours", 1, 1)
     return mesh
 
 
@@ -338,12 +362,14 @@ def render_turntable(
     distance: float | None = None,
     shading: str = "diffuse",
     views_per_batch: int = 4,
+    progress: ExportProgress | None = None,
 ) -> np.ndarray:
     """360-degree orbit of the field (eval mode, light at the camera), starting at azimuth 0.
 
     Args:
         distance: camera distance; default ``camera_distance_for_fov(fov_deg, renderer.radius)``, the
             farthest camera of the training recipe.
+        progress: told ("turntable frames", frames rendered, num_frames) after each batch.
 
     Returns:
         (num_frames, size, size, 3) uint8 frames.
@@ -352,10 +378,12 @@ def render_turntable(
         distance = camera_distance_for_fov(fov_deg, renderer.radius)
     azimuths = torch.from_numpy(orbit_azimuths(num_frames)).float()
     c2w = orbit_c2w(elevation, azimuths, distance).to(_device_of(geometry))
-    frames = []
+    frames: list[np.ndarray] = []
+    _report(progress, "turntable frames", 0, num_frames)
     for cams in c2w.split(views_per_batch):
         rgb = render_views(geometry, material, background, renderer, cams, fov_deg, size, shading=shading)["comp_rgb"]
         frames.append((rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+        _report(progress, "turntable frames", sum(len(f) for f in frames), num_frames)
     return np.concatenate(frames)
 
 

@@ -85,7 +85,7 @@ class _ScoreDistillation(nn.Module):
         self.loss_type = loss_type
         self.recon_std_rescale = float(recon_std_rescale)
         self.n_view = int(n_view)
-        size = latent_render_size or (256 if model.vae is not None else model.native_size)
+        size = latent_render_size or model.native_size  # 256 for the published models, 64 for the built-in
         multiple = model.downsample_factor * model.unet.downsample_factor
         if size < 1 or size % multiple:
             raise ValueError(f"latent_render_size={size} must be a positive multiple of {multiple} for this model "
@@ -223,8 +223,8 @@ class _ScoreDistillation(nn.Module):
 class MultiViewGuidance(_ScoreDistillation):
     """The published MVDream guidance: groups of ``n_view`` consecutive renders, each with its camera.
 
-    Args: see the module docstring; ``latent_render_size`` defaults to 256 for latent models and to
-    ``model.native_size`` for pixel models; ``dtype`` is the UNet's compute dtype (default: the UNet's
+    Args: see the module docstring; ``latent_render_size`` defaults to ``model.native_size`` (the size the
+    model was trained at: 256 for the published models); ``dtype`` is the UNet's compute dtype (default: the UNet's
     parameter dtype; a different one runs under autocast); the loss is always float32. The model is
     frozen (``requires_grad_(False)``) but not moved or registered as a submodule.
     """

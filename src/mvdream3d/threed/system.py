@@ -43,7 +43,7 @@ from ..models.model import MVDreamModel
 from ..signals import StopOnSignal
 from .background import build_background
 from .camera_sampler import RandomMultiViewCameraSampler, fixed_views
-from .config import TextTo3DConfig, default_config_name, load_text_to_3d_config
+from .config import TextTo3DConfig, default_config_for, load_text_to_3d_config
 from .export import extract_mesh, render_turntable, save_mesh, save_video
 from .geometry import ImplicitVolume
 from .guidance import build_guidance, timestep_range
@@ -53,6 +53,13 @@ from .renderer import VolumeRenderer
 __all__ = ["TextTo3DResult", "TextTo3D", "text_to_3d"]
 
 StepCallback = Callable[[dict[str, Any]], None]
+# (stage, units done, units in the stage, images): the stages besides the optimisation steps, as they run:
+# "preview" (one unit per sampling step; ``images()`` decodes the sample's current x0 prediction into
+# (4, H, W, 3) in [0, 1]), "saving", the export's (``export.ExportProgress``: "density grid", "choosing the
+# threshold", "marching cubes", "vertex colours", "saving the mesh", "turntable frames", "encoding the video")
+# and "curves". Stages of one piece of work are reported as (name, 0, 1) and (name, 1, 1); images is None
+# except for the preview.
+StageCallback = Callable[[str, int, int, Callable[[], torch.Tensor] | None], None]
 CHECKPOINT = Path("checkpoints") / "latest"
 # temporaries of this module's atomic writes (checkpoint, summary.json, views / progress, mesh and video)
 STALE_IN_CHECKPOINTS, STALE_IN_OUT = (".tmp_*",), ("summary.json.tmp", "views.tmp.png", "progress.tmp.png",
@@ -272,14 +279,34 @@ class TextTo3D:
         return path
 
 
-def _write_preview(model: MVDreamModel, prompt: str, cfg: TextTo3DConfig, path: Path, device: torch.device) -> Path:
+def _preview_reporter(model: MVDreamModel, n: int, on_stage: StageCallback) -> Callable[[int, int, torch.Tensor], None]:
+    """A sampler callback telling ``on_stage`` each preview step, with the current x0 prediction's pictures."""
+
+    def step(i: int, t: int, x0: torch.Tensor) -> None:
+        def images() -> torch.Tensor:  # decoded only when asked for (a VAE decode for latent models)
+            with torch.no_grad():
+                return ((model.decode_latents(x0[:4]).float() + 1) / 2).permute(0, 2, 3, 1).cpu()
+
+        on_stage("preview", i + 1, n, images)
+
+    return step
+
+
+def _write_preview(model: MVDreamModel, prompt: str, cfg: TextTo3DConfig, path: Path, device: torch.device,
+                   on_stage: StageCallback | None = None) -> Path:
     from ..pipeline import MultiViewPipeline
 
     e = cfg.export
     pipe = MultiViewPipeline(model)
+    n = cfg.output.preview_steps
+
+    callback = None
+    if on_stage is not None:
+        callback = _preview_reporter(model, n, on_stage)
+        on_stage("preview", 0, n, None)
     res = pipe(prompt, num_views=4, elevation=e.elevation, guidance_scale=7.5 if model.vae is not None else 5.0,
-               num_inference_steps=cfg.output.preview_steps, seed=cfg.optim.seed,
-               negative_prompt=cfg.guidance.negative_prompt, device=device)
+               num_inference_steps=n, seed=cfg.optim.seed, negative_prompt=cfg.guidance.negative_prompt,
+               device=device, callback=callback)
     res.grid(rows=1).save(path)
     return path
 
@@ -328,6 +355,7 @@ def text_to_3d(
     callback: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: bool = True,
+    on_stage: StageCallback | None = None,
 ) -> TextTo3DResult:
     """Optimise a 3D field for ``prompt`` and export it (see the module docstring for the files).
 
@@ -335,13 +363,17 @@ def text_to_3d(
         prompt: the text; an empty prompt is an error.
         model: a model name, checkpoint path or loaded model; None = the config's ``model`` or the built-in.
         config: a config name (``builtin``, ``mvdream-sd21``, ``mvdream-sd21-lowmem``), YAML path or mapping;
-            None picks ``builtin`` for pixel-space models and ``mvdream-sd21`` for latent ones.
+            None picks ``builtin`` for the built-in and other small models (<= 64 px), ``mvdream-sd21`` for
+            the published ones.
         steps / seed: override ``optim.steps`` / ``optim.seed``.
         resume: continue from ``out/checkpoints/latest`` (same prompt required).
         overrides: ``section.key=value`` strings applied to the config.
         callback: called after every step with the step's log row; a ``"views"`` key holding a
             (4, H, W, 3) tensor is added on progress steps.
         should_stop: polled between steps; True stops like Ctrl-C (checkpoint saved, resumable).
+        progress: a tqdm bar of the steps on stderr.
+        on_stage: told the progress of the work around the optimisation steps (the preview, saving, the
+            export's stages, the curves; see :data:`StageCallback`), e.g. for a progress display.
     """
     from ..pipeline import resolve_model
 
@@ -358,7 +390,7 @@ def text_to_3d(
     pre = load_text_to_3d_config(config, overrides) if config is not None else None
     model_ref = model if model is not None else (pre.model if pre is not None else None)
     mdl = resolve_model(model_ref)
-    cfg = pre or load_text_to_3d_config(default_config_name(mdl.vae is None), overrides)
+    cfg = pre or load_text_to_3d_config(default_config_for(mdl), overrides)
     if not mdl.unet.has_camera and cfg.guidance.name == "multiview":
         raise ValueError("multi-view guidance needs a model with a camera embedding (camera_dim); this model has "
                          "none. Use a multi-view model, or the 2D baseline (--baseline-2d)")
@@ -379,7 +411,7 @@ def text_to_3d(
     saved_cfg.write_text(yaml.safe_dump({**cfg.to_dict(), "model": ref}, sort_keys=False))
     files: dict[str, str] = {}
     if cfg.output.preview and not resume:
-        files["preview"] = str(_write_preview(mdl, run.prompt, cfg, out / "preview.png", run.device))
+        files["preview"] = str(_write_preview(mdl, run.prompt, cfg, out / "preview.png", run.device, on_stage))
     timings = {"render": 0.0, "guidance": 0.0, "backward": 0.0}
     from tqdm.auto import tqdm
 
@@ -411,14 +443,23 @@ def text_to_3d(
         else:
             finished = True
     bar.close()
+
+    def stage(name: str, done: int, total: int) -> None:
+        if on_stage is not None:
+            on_stage(name, done, total, None)
+
+    stage("saving", 0, 1)
     run.save_checkpoint()
     files["checkpoint"] = str(out / CHECKPOINT)
     files["views"] = str(run.save_views(out / "views.png"))
+    stage("saving", 1, 1)
     if finished:
-        files.update(export_run(run, out))
+        files.update(export_run(run, out, progress=stage))
+    stage("curves", 0, 1)
     curves = _write_curves(out)
     if curves is not None:
         files["curves"] = str(curves)
+    stage("curves", 1, 1)
     timings["total_loop"] = time.perf_counter() - t_start
     _atomic_json(out / "summary.json", {"prompt": run.prompt, "steps_done": run.step, "finished": finished,
                                         "timings_s": timings, "files": files, "config": cfg.to_dict()})
@@ -427,19 +468,29 @@ def text_to_3d(
     return TextTo3DResult(out=out, steps_done=run.step, finished=finished, files=files, timings=timings)
 
 
-def export_run(run: TextTo3D, out: Path) -> dict[str, str]:
-    """Mesh (.glb/.obj) and turntable video (.mp4/.gif) of the run's field."""
+def export_run(run: TextTo3D, out: Path, progress: Callable[[str, int, int], None] | None = None) -> dict[str, str]:
+    """Mesh (.glb/.obj) and turntable video (.mp4/.gif) of the run's field; ``progress`` is told each stage as
+    it runs (``export.ExportProgress``)."""
+
+    def stage(name: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(name, done, total)
+
     e = run.cfg.export
     run.geometry.eval()
     run.background.eval()
     run.renderer.eval()
     t0 = time.perf_counter()
     mesh = extract_mesh(run.geometry, resolution=e.mesh_resolution, threshold=e.threshold, renderer=run.renderer,
-                        background=run.background, fov_deg=e.fovy)
+                        background=run.background, fov_deg=e.fovy, progress=progress)
+    stage("saving the mesh", 0, 1)
     files = {k: str(v) for k, v in save_mesh(mesh, out, stem="mesh").items()}
+    stage("saving the mesh", 1, 1)
     frames = render_turntable(run.geometry, run.material, run.background, run.renderer, num_frames=e.video_frames,
-                              elevation=e.elevation, fov_deg=e.fovy, size=e.video_size)
+                              elevation=e.elevation, fov_deg=e.fovy, size=e.video_size, progress=progress)
+    stage("encoding the video", 0, 1)
     files.update({k: str(v) for k, v in save_video(frames, out / "turntable.mp4", out / "turntable.gif",
                                                      fps=e.video_fps).items()})
+    stage("encoding the video", 1, 1)
     files["export_seconds"] = f"{time.perf_counter() - t0:.1f}"
     return files

@@ -76,6 +76,9 @@ class TrainSection:
     # > 0: multi-view pixels on the front feature weigh 1 + this in the loss (needs the world's
     # feature_XXX.png masks); the feature is a few pixels, so without it the camera barely matters to the loss
     feature_loss_weight: float = 0.0
+    # [start, end): the steps that use feature_loss_weight (a curriculum inside one recipe: weighted steps
+    # teach where the feature goes, plain steps after them remove the weighting's colour bias); None: all
+    feature_loss_steps: list | None = None
     seed: int = 0
 
 
@@ -162,6 +165,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(t.min_snr_gamma >= 0, "train.min_snr_gamma", "must be >= 0 (0 disables it)", t.min_snr_gamma)
     _check(t.feature_loss_weight >= 0, "train.feature_loss_weight", "must be >= 0 (0 disables it)",
            t.feature_loss_weight)
+    if t.feature_loss_steps is not None:
+        w = t.feature_loss_steps
+        _check(isinstance(w, list | tuple) and len(w) == 2 and all(isinstance(x, int) for x in w) and 0 <= w[0] < w[1],
+               "train.feature_loss_steps", "must be [start, end] steps with 0 <= start < end, or null for all steps", w)
     if t.mixed_precision is False:  # YAML reads a bare `no` as False
         t.mixed_precision = "no"
     _check(t.mixed_precision in ("no", "auto", "bf16", "fp16"), "train.mixed_precision",

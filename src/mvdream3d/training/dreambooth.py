@@ -262,6 +262,7 @@ def dreambooth(
     callback: Callable[[dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: bool = True,
+    on_stage: Callable[[str, int, int], None] | None = None,
     **overrides: Any,
 ) -> DreamBoothResult:
     """Fine-tune ``model`` on photos of one subject; write the model, a 4-view grid, curves and a summary.
@@ -276,6 +277,8 @@ def dreambooth(
         resume: continue the stopped run in ``out`` (same settings; ``steps`` may grow).
         callback: called after every step with its history row. should_stop: polled between steps; True
             stops like Ctrl-C (checkpoint saved, resumable).
+        on_stage: told ``(stage, done, total)`` for the work after the training steps: "saving the model"
+            (0 of 1, then 1 of 1), "drawing the grid" (per sampling step), "loss plot" (0 of 1, then 1 of 1).
     Raises ValueError (bad settings or inputs, an estimate above the free memory), FileNotFoundError,
     OutputDirError.
     """
@@ -406,6 +409,8 @@ def dreambooth(
 
     from .dreambooth_outputs import write_outputs
 
+    if on_stage is not None:
+        on_stage("saving the model", 0, 1)
     stale = out / ("model.safetensors" if cfg.train == "lora" else "lora.safetensors")
     if stale.is_file():  # an earlier run of the other kind: OUT must name one model (resolve_model(OUT))
         _warn(f"removed {stale.name} of an earlier run in {out}", collected)
@@ -425,12 +430,14 @@ def dreambooth(
         from ..checkpoints import write_checkpoint
 
         model_path = write_checkpoint(out / "model.safetensors", mdl.ldm_state_dict(), mdl.config)
+    if on_stage is not None:
+        on_stage("saving the model", 1, 1)
     result = DreamBoothResult(out=out, model=mdl, model_path=model_path, prompt=cfg.prompt, steps_done=step,
                               finished=step >= cfg.steps, history=history, warnings=collected, seconds=seconds)
     summary = {"config": {**asdict(cfg), "lr": cfg.learning_rate}, "base_model": base_ref, "images": int(x.shape[0]),
                "image_size": size, "device": str(device), "trained_parameters": n_trained,
                "memory_estimate_bytes": int(memory)}
-    write_outputs(result, summary, grid=result.finished, size=size, cfg=cfg)
+    write_outputs(result, summary, grid=result.finished, size=size, cfg=cfg, progress=on_stage)
     if result.finished:
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     return result

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 
-def write_grid(model: Any, prompt: str, path: Path, size: int, steps: int, guidance: float, seed: int) -> Path:
-    """4 views of ``prompt`` at elevation 15, azimuths 0/90/180/270 (the evaluation cameras) in one row."""
+def write_grid(model: Any, prompt: str, path: Path, size: int, steps: int, guidance: float, seed: int,
+               on_step: Callable[[int, int], None] | None = None) -> Path:
+    """4 views of ``prompt`` at elevation 15, azimuths 0/90/180/270 (the evaluation cameras) in one row;
+    ``on_step(done, steps)`` is told each sampling step."""
     from ..pipeline import MultiViewPipeline
     from .dreambooth import GRID_AZIMUTHS, GRID_ELEVATION
 
     res = MultiViewPipeline(model)(prompt, num_views=len(GRID_AZIMUTHS), elevation=GRID_ELEVATION,
                                    azimuth_start=GRID_AZIMUTHS[0], azimuth_span=360, guidance_scale=guidance,
-                                   num_inference_steps=steps, seed=seed, height=size, width=size)
+                                   num_inference_steps=steps, seed=seed, height=size, width=size,
+                                   callback=(lambda i, t, x0: on_step(i + 1, steps)) if on_step else None)
     res.grid(rows=1).save(path)
     return path
 
@@ -57,14 +61,22 @@ def write_loss_plot(history: list[dict[str, float]], lambda_preservation: float,
     return path
 
 
-def write_outputs(result: Any, summary: dict[str, Any], grid: bool, size: int, cfg: Any) -> None:
+def write_outputs(result: Any, summary: dict[str, Any], grid: bool, size: int, cfg: Any,
+                  progress: Callable[[str, int, int], None] | None = None) -> None:
     """Write grid.png (only for a finished run), loss.png and summary.json into ``result.out``; fills
-    ``result.files``."""
+    ``result.files``. ``progress(stage, done, total)`` is told "drawing the grid" per sampling step and
+    "loss plot" (0 of 1, then 1 of 1)."""
     out = Path(result.out)
     files = {"model": result.model_path.name}
     if grid:
-        write_grid(result.model, result.prompt, out / "grid.png", size, cfg.sample_steps, cfg.sample_guidance, cfg.seed)
+        on_step = (lambda i, n: progress("drawing the grid", i, n)) if progress else None
+        if on_step:
+            on_step(0, cfg.sample_steps)
+        write_grid(result.model, result.prompt, out / "grid.png", size, cfg.sample_steps, cfg.sample_guidance, cfg.seed,
+                   on_step)
         files["grid"] = "grid.png"
+    if progress:
+        progress("loss plot", 0, 1)
     write_loss_plot(result.history, cfg.lambda_preservation, out / "loss.png")
     files["loss_plot"] = "loss.png"
     files["summary"] = "summary.json"
@@ -85,3 +97,5 @@ def write_outputs(result: Any, summary: dict[str, Any], grid: bool, size: int, c
         "history": result.history,
     }
     (out / "summary.json").write_text(json.dumps(doc, indent=1, default=str))
+    if progress:
+        progress("loss plot", 1, 1)

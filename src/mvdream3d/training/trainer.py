@@ -317,13 +317,13 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
                     if cache is not None:
                         use_2d = cache.num_images > 0 and (
                             cache.num_assets == 0 or torch.rand((), generator=g) < cfg.data.p_2d)
-                        batch = _cached_batch(cache, cfg, g, use_2d)
+                        batch = _cached_batch(cache, cfg, g, use_2d, step)
                     else:
                         use_2d = im_iter is not None and (
                             mv_iter is None or torch.rand((), generator=g) < cfg.data.p_2d)
                         batch = next(im_iter if use_2d else mv_iter)
                     wait_data += time.perf_counter() - tw
-                    loss = _loss(model, unet_p, schedule, batch, cfg, g, accel.device, text_cache)
+                    loss = _loss(model, unet_p, schedule, batch, cfg, g, accel.device, text_cache, step)
                     accel.backward(loss)
                     if accel.sync_gradients and t.grad_clip > 0:
                         accel.clip_grad_norm_(unet_p.parameters(), t.grad_clip)
@@ -364,15 +364,23 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     return out
 
 
-def _cached_batch(cache: Any, cfg: TrainConfig, g: torch.Generator, use_2d: bool) -> dict[str, Any]:
+def feature_weight_at(t: Any, step: int) -> float:
+    """``train.feature_loss_weight`` at ``step`` (0 outside ``train.feature_loss_steps``)."""
+    window = t.feature_loss_steps
+    if window is not None and not window[0] <= step < window[1]:
+        return 0.0
+    return float(t.feature_loss_weight)
+
+
+def _cached_batch(cache: Any, cfg: TrainConfig, g: torch.Generator, use_2d: bool, step: int = 0) -> dict[str, Any]:
     d = cfg.data
     if use_2d:
         return cache.image_batch(g, d.batch_size_2d or d.batch_size * d.num_views)
-    return cache.multiview_batch(g, d.batch_size, d.num_views, masks=cfg.train.feature_loss_weight > 0)
+    return cache.multiview_batch(g, d.batch_size, d.num_views, masks=feature_weight_at(cfg.train, step) > 0)
 
 
 def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict[str, Any], cfg: TrainConfig,
-          g: torch.Generator, device: torch.device, text_cache: Any = None) -> torch.Tensor:
+          g: torch.Generator, device: torch.device, text_cache: Any = None, step: int = 0) -> torch.Tensor:
     """Diffusion loss of one batch (object-major). Timesteps are shared by the views of an object.
 
     ``batch["latents"]`` (cached, already in model space) is used as is; else ``batch["images"]`` is
@@ -393,7 +401,8 @@ def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict
     if context is not None:
         context = context.repeat_interleave(f, dim=0)
     pred = unet(x_t, t, context=context, camera=camera, num_frames=f)
-    masks = batch.get("feature_weights") if cfg.train.feature_loss_weight > 0 else None
+    weight = feature_weight_at(cfg.train, step)
+    masks = batch.get("feature_weights") if weight > 0 else None
     if cfg.train.min_snr_gamma <= 0 and masks is None:
         return F.mse_loss(pred.float(), target.float())
     sq = (pred.float() - target.float()).square()
@@ -401,7 +410,7 @@ def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict
         m = masks.to(sq.device, torch.float32)[:, None]
         if m.shape[-2:] != sq.shape[-2:]:  # latent models: the mask's coverage of each latent pixel
             m = F.interpolate(m, size=sq.shape[-2:], mode="area")
-        sq = sq * (1.0 + cfg.train.feature_loss_weight * m)
+        sq = sq * (1.0 + weight * m)
     per_sample = sq.flatten(1).mean(1)
     if cfg.train.min_snr_gamma <= 0:
         return per_sample.mean()

@@ -50,6 +50,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if auth is None and (args.share or args.host not in ("127.0.0.1", "localhost", "::1")):
         print(f"warning: serving {'a share link' if args.share else args.host} without a login: anyone who can reach "
               f"it can run jobs (add --auth USER:PASS)", file=sys.stderr)
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM stops the server as Ctrl-C does (runs save a checkpoint)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     launch_app(demo, host=args.host, port=args.port, share=args.share, auth=auth)
     return 0
 
