@@ -1,39 +1,59 @@
-"""Forward speed and peak memory of the multi-view UNet, "sdpa" attention versus the "naive" baseline.
+"""UNet speed and memory: the published MVDream code as shipped, the same with SDPA patched in, and mvdream3d.
 
-The "naive" backend writes ``softmax(q k^T / sqrt(d)) v`` out with the full score matrix, as the
-published MVDream code does without xformers; "sdpa" calls
-``torch.nn.functional.scaled_dot_product_attention``. One command measures both backends on two
-configs (random weights, eval mode, ``torch.no_grad``), each config built once, in a fresh process
-of its own, so that one config's 3.5 GB of weights or allocator state cannot colour the other's
-figures:
+Three implementations of the same multi-view UNet, with the same random weights and inputs:
 
-- ``full``: the published sd-v2.1-base-4view UNet (867M parameters), one object x 4 views x (uncond,
-  cond) = 8 rows of 4x32x32 latents, ``num_frames=4``, context (8, 77, 1024), camera (8, 16): one
-  classifier-free-guidance step of the 4-view sampler.
-- ``tiny``: model_channels 32, channel_mult [1, 2, 2], attention at every level, 4 heads,
-  context_dim 64: 4 objects x 4 views = 16 rows at 32x32.
+- ``published``: ``MultiViewUNetModel`` of the published code (github bytedance/MVDream), imported from a
+  checkout given by ``--published PATH`` or ``$MVDREAM_PUBLISHED``, as shipped without xformers: its
+  ``CrossAttention`` computes ``softmax(q k^T) v`` with the full score matrix (einsum).
+- ``published_sdpa``: the same model with ``CrossAttention.forward`` replaced, in the benchmark process only,
+  by :func:`sdpa_cross_attention_forward` below (``scaled_dot_product_attention``; output unchanged up to
+  float rounding). This is the fair baseline: the published model with the one obvious fix.
+- ``ours``: :class:`mvdream3d.MultiViewUNet` (``ours_compile``: the same under ``torch.compile``, with
+  ``--compile``).
 
-Per backend: one warm-up forward (not timed; its output feeds the sdpa-vs-naive numerical check),
-``--repeats`` timed forwards with the backends interleaved so that drift and other load hit both
-alike (the median is reported), then two forwards under the peak-memory meter (the larger peak is
-reported): on CUDA ``torch.cuda.max_memory_allocated``, on CPU the kernel's RSS high-water mark (see
-:class:`CpuPeakMeter` for how and why). Ratios naive/sdpa and a verdict against the targets
-(full-size 4-view forward >= 1.5x faster and >= 30% less peak memory than naive) close the report.
-bf16/fp16 run only with ``--device cuda``.
+Configs (random weights; the layers both models zero-initialise get PyTorch's default init so that the output
+depends on every layer):
+
+- ``tiny``: model_channels 32, channel_mult [1, 2, 2], attention at every level, 4 heads, context_dim 64;
+  4 objects x 4 views = 16 rows at 32x32.
+- ``full``: the published sd-v2.1-base-4view UNet (867.6M parameters) at 32x32 latents: one object x 4 views
+  x (uncond, cond) = 8 rows, context (8, 77, 1024): one classifier-free-guidance step of the 4-view sampler.
+
+Every (config, implementation) pair runs in fresh processes of its own (its own allocator state, RSS and
+weights), and the pairs are interleaved: round 1 runs every pair once, round 2 again, so that load on a
+shared machine hits all of them alike. Per pair and round, one process times it: one warm-up forward (its
+output feeds the cross-check), then ``--repeats`` timed forwards (median wall time and CPU time reported);
+a second process meters its memory: one warm-up forward, then 2 forwards under :class:`CpuPeakMeter` (the
+kernel's RSS high-water mark, reset right before the forward; the larger reading is reported). Ratios are
+taken per round; the verdict uses the worse round.
+
+End to end (``--e2e``, with the built-in model or ``--model``): seconds per sampling step of
+``MultiViewPipeline`` (``generate``: 4 views, the model's default sampler and CFG) and per text-to-3D
+optimisation step (``TextTo3D.train_step``, config ``--t3d-config``), plus the peak memory of a text-to-3D
+step, for
+
+- ``ours``: this checkout;
+- ``published_sdpa``: the same pipeline with the model's UNet swapped for the published one (SDPA patched
+  in) carrying the same weights;
+- ``baseline``: another checkout of mvdream3d (``--baseline-src PATH/src``, e.g. the revision before a
+  change: ``git worktree add /tmp/mvdream3d-base <commit>``), for before/after numbers.
+
+Where the published code is absent the benchmark says so and measures ours alone.
 
 Usage::
 
-    python benchmarks/unet_speed.py [--config full|tiny|both] [--repeats N] [--device cpu|cuda]
-                                    [--dtypes fp32,bf16,fp16] [--json OUT]
+    python benchmarks/unet_speed.py [--published PATH] [--config tiny|full|both] [--rounds 2] [--repeats N]
+        [--compile] [--e2e] [--model NAME] [--baseline-src PATH] [--json OUT]
+    python benchmarks/unet_speed.py --config none --e2e --baseline-src /tmp/mvdream3d-base/src
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import ctypes
 import ctypes.util
 import gc
+import importlib
 import json
 import os
 import platform
@@ -44,22 +64,29 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from mvdream3d import MultiViewUNet
-from mvdream3d.models.attention import set_attention_backend
-
-BACKENDS = ("sdpa", "naive")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-TARGET_SPEEDUP = 1.5  # naive time / sdpa time, full config
-TARGET_MEM_SAVING = 0.30  # 1 - sdpa peak / naive peak, full config
 MiB = 1024**2
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+UNET_MODES = ("published", "published_sdpa", "ours")
+E2E_MODES = ("baseline", "published_sdpa", "ours")
+PUBLISHED_UNET = "mvdream.ldm.modules.diffusionmodules.openaimodel"
+
+# Targets of the speed work (issue 22), checked on the worse of the interleaved rounds.
+TARGETS = {
+    "tiny_speedup": 1.3,  # published_sdpa time / ours time, tiny config
+    "full_speedup": 1.2,  # the same, sd-v2.1-base-4view width at 32x32 latents
+    "memory_ratio": 0.8,  # ours forward peak / published_sdpa forward peak (each config)
+    "t3d_step_saving": 0.30,  # 1 - ours / baseline seconds per text-to-3D step, built-in model
+}
 
 TINY_PARAMS: dict[str, Any] = {
     "image_size": 32,
@@ -89,10 +116,10 @@ def full_params() -> dict[str, Any]:
     return dict(yaml.safe_load(text)["model"]["params"]["unet_config"]["params"])
 
 
-# name -> (UNet params, rows, num_frames, latent size, default repeats)
-CONFIGS: dict[str, tuple[Any, int, int, int, int]] = {
-    "full": (full_params, 8, 4, 32, 3),
-    "tiny": (lambda: dict(TINY_PARAMS), 16, 4, 32, 10),
+# name -> (UNet params, rows, num_frames, latent size, context length, default repeats)
+CONFIGS: dict[str, tuple[Any, int, int, int, int, int]] = {
+    "tiny": (lambda: dict(TINY_PARAMS), 16, 4, 32, 77, 5),
+    "full": (full_params, 8, 4, 32, 77, 3),
 }
 
 
@@ -140,21 +167,17 @@ class CpuPeakMeter:
 
     Why this way: the peak is taken by the kernel itself, not by sampling. Writing "5" to
     ``/proc/self/clear_refs`` (Linux >= 4.0) resets the process's RSS high-water mark ``VmHWM`` to the
-    current RSS; after the forward, ``VmHWM`` is the exact peak, however short-lived the largest
-    tensor was. ``ru_maxrss`` is the same counter but can never be reset, so it would need a fresh
-    subprocess (and a fresh 3.5 GB model build) per measured forward; resetting ``VmHWM`` gives the
-    same exactness for every forward of one process. Where ``clear_refs`` cannot be written, a thread
-    samples ``/proc/self/statm`` every millisecond instead (torch kernels release the GIL, so it keeps
-    up; it can miss peaks shorter than ~1 ms and so may under-read slightly).
+    current RSS; after the block, ``VmHWM`` is the exact peak, however short-lived the largest tensor was.
+    Where ``clear_refs`` cannot be written, a thread samples ``/proc/self/statm`` every millisecond instead
+    (it can miss peaks shorter than ~1 ms and so may under-read slightly).
 
-    RSS only mirrors tensor memory if freed tensors go back to the kernel. glibc keeps freed chunks
-    below its mmap threshold on its heap and raises that threshold dynamically up to 32 MiB, so after
-    the warm-up a forward would reuse cached pages and its RSS increase would under-read the memory
-    it needs. :func:`configure_allocator` therefore fixes the threshold at 64 KiB (which also turns
-    the dynamic adjustment off): every tensor larger than that is its own mmap and leaves RSS when
-    freed, and ``malloc_trim`` before each measurement returns what is left. Both backends are
-    measured under the same settings. The setting costs extra page faults, so the timed forwards run
-    before it is made (see :func:`bench_model`).
+    RSS only mirrors tensor memory if freed tensors go back to the kernel. glibc keeps freed chunks below
+    its mmap threshold on its heap and raises that threshold dynamically up to 32 MiB, so after a warm-up a
+    forward would reuse cached pages and its RSS increase would under-read the memory it needs.
+    :func:`configure_allocator` therefore fixes the threshold at 64 KiB: every tensor larger than that is
+    its own mmap and leaves RSS when freed, and ``malloc_trim`` before each measurement returns what is
+    left. Every implementation is measured under the same settings; timed forwards run before the setting
+    is made (it costs extra page faults).
     """
 
     def __init__(self) -> None:
@@ -202,20 +225,20 @@ class CpuPeakMeter:
 
     def __exit__(self, *exc: object) -> None:
         if self.use_hwm:
-            self.peak = _proc_status_kib("VmHWM") * 1024
+            self.peak = (_proc_status_kib("VmHWM") or 0) * 1024
         else:
             self._stop.set()
             assert self._thread is not None
             self._thread.join()
             self.peak = max(self._peak, self._rss())
-        # Pages of shared libraries (libtorch's code) first touched, or re-read after the kernel evicted
-        # them, during the forward count in RSS but are not memory the forward allocates: left out.
+        # Pages of shared libraries (libtorch's code) first touched during the block count in RSS but are
+        # not memory the block allocates: left out.
         self.file_pages = max(0, (_proc_status_kib("RssFile") or 0) - self._file0) * 1024
         self.increase = self.peak - self.base - self.file_pages
 
 
 class CudaPeakMeter:
-    """``torch.cuda.max_memory_allocated`` over a block, and its increase over what was allocated."""
+    """``torch.cuda.max_memory_allocated`` over a block, and its increase over what was allocated before."""
 
     method = "torch.cuda.max_memory_allocated"
 
@@ -232,7 +255,6 @@ class CudaPeakMeter:
         torch.cuda.synchronize(self.device)
         self.peak = torch.cuda.max_memory_allocated(self.device)
         self.increase = self.peak - self.base
-        self.file_pages = 0
 
 
 def configure_allocator() -> bool:
@@ -242,198 +264,317 @@ def configure_allocator() -> bool:
     return ok
 
 
-# -------------------------------------------------------------------------------------------- model
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
+    return r.ru_utime + r.ru_stime
 
-def build_model(params: dict[str, Any], device: torch.device, seed: int = 0) -> MultiViewUNet:
-    """Random-weight UNet in eval mode. The layers the UNet zero-initialises (the ResBlocks' last conv,
-    the transformers' ``proj_out``, the output conv) get PyTorch's default init instead, so the
-    output depends on every layer and the sdpa/naive comparison is not trivially 0 == 0."""
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = MultiViewUNet.from_config(params)
+
+# ------------------------------------------------------------------------------------ published code
+
+def find_published(arg: str | None) -> Path | None:
+    """The published checkout (the folder holding ``mvdream/``) from ``--published`` or $MVDREAM_PUBLISHED."""
+    raw = arg or os.environ.get("MVDREAM_PUBLISHED")
+    if not raw:
+        return None
+    root = Path(raw).expanduser().resolve()
+    if not (root / "mvdream" / "ldm" / "modules" / "diffusionmodules" / "openaimodel.py").is_file():
+        raise SystemExit(f"--published {root}: no mvdream/ldm/modules/diffusionmodules/openaimodel.py there; pass the "
+                         "folder of a checkout of github.com/bytedance/MVDream")
+    return root
+
+
+def import_published(root: Path) -> tuple[types.ModuleType, types.ModuleType]:
+    """(openaimodel, attention) modules of the published code at ``root``, imported without running
+    ``mvdream/__init__.py`` (it pulls in the model zoo: omegaconf, huggingface_hub) and with xformers
+    blocked, so that the attention is the published code's own. Needs ``einops``."""
+    try:
+        import einops  # noqa: F401
+    except ImportError as e:
+        raise SystemExit("the published code needs einops: pip install einops (or: pip install -e '.[bench]')") from e
+    sys.modules["xformers"] = None  # type: ignore[assignment]  # "import xformers" now fails: plain attention
+    for name in ("mvdream", "mvdream.ldm", "mvdream.ldm.modules", "mvdream.ldm.modules.diffusionmodules"):
+        if name not in sys.modules:
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [str(root.joinpath(*name.split(".")))]
+            sys.modules[name] = pkg
+    try:
+        import omegaconf.listconfig  # noqa: F401
+    except ImportError:
+        # MultiViewUNetModel.__init__ only checks ``type(context_dim) == ListConfig``: an empty stand-in class
+        # answers that for plain ints without omegaconf installed.
+        om, lc = types.ModuleType("omegaconf"), types.ModuleType("omegaconf.listconfig")
+        lc.ListConfig = type("ListConfig", (list,), {})  # type: ignore[attr-defined]
+        om.listconfig = lc  # type: ignore[attr-defined]
+        sys.modules.setdefault("omegaconf", om)
+        sys.modules.setdefault("omegaconf.listconfig", lc)
+    return importlib.import_module(PUBLISHED_UNET), importlib.import_module("mvdream.ldm.modules.attention")
+
+
+def sdpa_cross_attention_forward(self: nn.Module, x: torch.Tensor, context: torch.Tensor | None = None,
+                                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Drop-in ``forward`` for the published ``CrossAttention`` through ``scaled_dot_product_attention``
+    (the published one computes the same softmax attention with einsum and the full score matrix)."""
+    if mask is not None:
+        raise NotImplementedError("masked attention is not used by the UNet")
+    context = x if context is None else context
+    q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+    n, h = x.shape[0], self.heads
+    q, k, v = (t.view(n, -1, h, t.shape[-1] // h).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return self.to_out(out.transpose(1, 2).reshape(n, -1, out.shape[1] * out.shape[3]))
+
+
+def build_published(root: Path, params: dict[str, Any], sdpa: bool) -> nn.Module:
+    """The published ``MultiViewUNetModel`` for ``params``, on the meta device (weights assigned later)."""
+    openaimodel, attention = import_published(root)
+    if sdpa:
+        attention.CrossAttention.forward = sdpa_cross_attention_forward
+    with torch.device("meta"):
+        return openaimodel.MultiViewUNetModel(**params)
+
+
+class PublishedUNet(nn.Module):
+    """The published UNet behind the interface the mvdream3d pipeline and guidance use (``has_camera``,
+    ``downsample_factor``, ``config``, ``forward(x, timesteps, context, camera, num_frames)``)."""
+
+    def __init__(self, inner: nn.Module, ours: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = ours.config
+        self.downsample_factor = ours.downsample_factor
+        self.has_camera = ours.has_camera
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float, context: torch.Tensor | None = None,
+                camera: torch.Tensor | None = None, num_frames: int = 1) -> torch.Tensor:
+        n = x.shape[0]
+        t = torch.as_tensor(timesteps, device=x.device)
+        t = t.expand(n) if t.ndim == 0 else (t.repeat_interleave(num_frames) if t.shape[0] != n else t)
+        if context is not None and context.shape[0] != n:
+            context = context.repeat_interleave(n // context.shape[0], dim=0)
+        if camera is not None:
+            camera = camera.reshape(n, -1)
+        return self.inner(x, timesteps=t, context=context, camera=camera, num_frames=num_frames)
+
+
+# -------------------------------------------------------------------------------------- UNet worker
+
+def randomize_zero_layers(model: nn.Module) -> nn.Module:
+    """Give the zero-initialised layers (ResBlocks' last conv, ``proj_out``, the output conv) PyTorch's
+    default init, so that the output depends on every layer."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and not m.weight.any():
             m.reset_parameters()
-    return model.eval().requires_grad_(False)
+    return model
 
 
-def make_inputs(model: MultiViewUNet, rows: int, num_frames: int, size: int, device: torch.device,
-                dtype: torch.dtype, seed: int = 1) -> dict[str, Any]:
-    c = model.config
+def build_ours(params: dict[str, Any], seed: int = 0) -> nn.Module:
+    from mvdream3d import MultiViewUNet
+
+    torch.manual_seed(seed)
+    return randomize_zero_layers(MultiViewUNet.from_config(params)).eval().requires_grad_(False)
+
+
+def make_inputs(params: dict[str, Any], rows: int, num_frames: int, size: int, ctx_len: int,
+                seed: int = 1) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     n_obj = rows // num_frames
-    inputs: dict[str, Any] = {
-        "x": torch.randn(rows, c.in_channels, size, size, generator=g),
+    return {
+        "x": torch.randn(rows, params["in_channels"], size, size, generator=g),
         # one timestep per object, shared by its views
         "timesteps": torch.randint(0, 1000, (n_obj,), generator=g).repeat_interleave(num_frames),
-        "context": torch.randn(rows, 77, c.context_dim, generator=g),
-        "camera": torch.randn(rows, c.camera_dim, generator=g) if c.camera_dim else None,
+        "context": torch.randn(rows, ctx_len, params["context_dim"], generator=g),
+        "camera": torch.randn(rows, params["camera_dim"], generator=g),
+        "num_frames": num_frames,
     }
-    out = {k: (v.to(device, dtype if v.is_floating_point() else None) if v is not None else None)
-           for k, v in inputs.items()}
-    out["num_frames"] = num_frames
+
+
+def unet_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build one implementation of one config and time it (``spec['measure'] == 'time'``) or meter its
+    memory (``'memory'``). Meant for a fresh process.
+
+    Memory has a process of its own because the meter needs glibc's mmap threshold fixed before the first
+    forward (:func:`configure_allocator`): set after forwards have run, the heap they left behind makes the
+    reading depend on what ran before (the same forward read 31 MiB fixed first and 60-65 MiB fixed after three
+    forwards). Timing runs with the allocator as every user has it.
+    """
+    make_params, rows, num_frames, size, ctx_len, default_repeats = CONFIGS[spec["config"]]
+    params = make_params()
+    repeats = spec.get("repeats") or default_repeats
+    mode, memory = spec["mode"], spec["measure"] == "memory"
+    device, dtype = torch.device(spec.get("device", "cpu")), DTYPES[spec.get("dtype", "fp32")]
+    cuda = device.type == "cuda"
+    if cuda:  # full fp32 matmuls, so that fp32 means fp32 for every implementation
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    if memory and not cuda:
+        configure_allocator()
+    t0 = time.perf_counter()
+    ours = build_ours(params).to(device, dtype)
+    if mode.startswith("published"):
+        model = build_published(Path(spec["published"]), params, sdpa=mode == "published_sdpa")
+        model.load_state_dict(ours.state_dict(), strict=True, assign=True)  # shares the tensors: no copy
+        model.eval().requires_grad_(False)
+        del ours
+    else:
+        model = ours
+    gc.collect()
+    LIBC.trim()
+    build_s = time.perf_counter() - t0
+    inputs = {k: (v.to(device, dtype if v.is_floating_point() else None) if isinstance(v, torch.Tensor) else v)
+              for k, v in make_inputs(params, rows, num_frames, size, ctx_len).items()}
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    out: dict[str, Any] = {"config": spec["config"], "mode": mode, "rows": rows, "num_frames": num_frames,
+                           "latent_size": size, "build_s": build_s, "threads": torch.get_num_threads(),
+                           "device": str(device), "dtype": spec.get("dtype", "fp32"),
+                           "params": sum(p.numel() for p in model.parameters())}
+    with torch.no_grad():
+        if mode == "ours_compile":
+            model = torch.compile(model)
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        ref = model(**inputs)  # warm-up (and, compiled, the compilation)
+        sync()
+        out["warmup_s"], out["warmup_cpu_s"] = time.perf_counter() - t0, _cpu_seconds() - c0
+        if memory:
+            del ref
+            peaks, totals = [], []
+            for _ in range(2):
+                with (CudaPeakMeter(device) if cuda else CpuPeakMeter()) as meter:
+                    y = model(**inputs)
+                    sync()
+                    del y
+                peaks.append(meter.increase)
+                totals.append(meter.peak)
+            out.update(peak_increase_bytes=max(peaks), peak_bytes=max(totals))
+            return out
+        torch.save(ref.float().cpu().contiguous(), spec["output_file"])
+        del ref
+        times, cpu = [], []
+        for _ in range(repeats):
+            gc.collect()
+            t0, c0 = time.perf_counter(), _cpu_seconds()
+            y = model(**inputs)
+            sync()
+            times.append(time.perf_counter() - t0)
+            cpu.append(_cpu_seconds() - c0)
+            del y
+    out.update(repeats=repeats, times_s=times, cpu_s=cpu, time_median_s=statistics.median(times),
+               cpu_median_s=statistics.median(cpu))
     return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# --------------------------------------------------------------------------------------- e2e worker
 
+def e2e_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Seconds per generate (sampling) step and per text-to-3D step (``spec['measure'] == 'time'``), or the peak
+    memory of a text-to-3D step (``'memory'``, allocator fixed first as for the UNet), with ``spec['model']``
+    through the mvdream3d importable in this process (this checkout, or the baseline's ``src`` on PYTHONPATH),
+    optionally with the published UNet swapped in."""
+    memory = spec["measure"] == "memory"
+    if memory:
+        configure_allocator()
+    import mvdream3d
+    from mvdream3d import MultiViewPipeline
+    from mvdream3d.pipeline import resolve_model
+    from mvdream3d.threed.config import load_text_to_3d_config
+    from mvdream3d.threed.system import TextTo3D
 
-def _cpu_usage() -> tuple[float, float, int]:
-    r = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
-    return r.ru_utime, r.ru_stime, r.ru_minflt
+    model = resolve_model(spec["model"]).eval().requires_grad_(False)
+    if spec["mode"] == "published_sdpa":
+        params = dict(model.unet.config.to_dict())
+        inner = build_published(Path(spec["published"]), _published_params(params), sdpa=True)
+        inner.load_state_dict(model.unet.state_dict(), strict=True, assign=True)
+        model.unet = PublishedUNet(inner.eval().requires_grad_(False), model.unet)
+    out: dict[str, Any] = {"mode": spec["mode"], "model": spec["model"] or "built-in",
+                           "mvdream3d": str(Path(mvdream3d.__file__).parent), "threads": torch.get_num_threads(),
+                           "t3d_config": spec["t3d_config"]}
+    prompt = "a red cube with a yellow nose"
+    cfg = load_text_to_3d_config(spec["t3d_config"], ["material.ambient_only_steps=0"])
 
+    if memory:  # text-to-3D steps after a warm-up, under the meter
+        with tempfile.TemporaryDirectory() as tmp:
+            run = TextTo3D(prompt, model, cfg, Path(tmp))
+            for _ in range(2):
+                run.train_step()
+            peaks = []
+            for _ in range(2):
+                with CpuPeakMeter() as meter:
+                    run.train_step()
+                peaks.append(meter.increase)
+        out["t3d_peak_increase_bytes"] = max(peaks)
+        return out
 
-def bench_model(model: MultiViewUNet, inputs: dict[str, Any], repeats: int, mem_repeats: int,
-                device: torch.device) -> dict[str, dict[str, Any]]:
-    """Per backend: a warm-up forward, ``repeats`` timed forwards (backends interleaved), then
-    ``mem_repeats`` forwards under the peak-memory meter. Returns per-backend stats + the check.
+    # generate: 4 views, the model's default sampler, steps and CFG; per-step times from the step callback
+    pipe = MultiViewPipeline(model)
+    d = getattr(model, "sampling_defaults", None) or {"sampler": "ddim", "steps": 20, "guidance_scale": 7.5}
+    kw = dict(num_views=4, sampler=d["sampler"], num_inference_steps=int(d["steps"]),
+              guidance_scale=float(d["guidance_scale"]))
+    pipe(prompt, seed=0, **kw)  # warm-up
+    step_times, step_cpu, stamps = [], [], []
 
-    Timing and memory are separate passes because the CPU meter needs glibc's mmap threshold fixed
-    (:func:`configure_allocator`), which changes how often the forward page-faults fresh memory:
-    timings are taken with the allocator as every user has it, memory afterwards.
-    """
-    stats: dict[str, dict[str, Any]] = {
-        b: {"times_s": [], "user_s": [], "sys_s": [], "minor_faults": [],
-            "peak_increase_bytes": [], "peak_bytes": [], "file_pages_bytes": []} for b in BACKENDS
-    }
-    outputs: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for backend in BACKENDS:  # warm-up; its outputs serve the numerical check
-            set_attention_backend(model, backend)
-            outputs[backend] = model(**inputs).float().cpu()
-            _sync(device)
-        for _ in range(repeats):
-            for backend in BACKENDS:
-                set_attention_backend(model, backend)
-                gc.collect()
-                u0, s0, f0 = _cpu_usage()
-                t0 = time.perf_counter()
-                out = model(**inputs)
-                _sync(device)
-                dt = time.perf_counter() - t0
-                u1, s1, f1 = _cpu_usage()
-                del out
-                st = stats[backend]
-                st["times_s"].append(dt)
-                st["user_s"].append(u1 - u0)
-                st["sys_s"].append(s1 - s0)
-                st["minor_faults"].append(f1 - f0)
-        if device.type == "cpu":
-            configure_allocator()
-            meter_cls: Any = CpuPeakMeter
-        else:
-            meter_cls = lambda: CudaPeakMeter(device)
-        for _ in range(mem_repeats):
-            for backend in BACKENDS:
-                set_attention_backend(model, backend)
-                with meter_cls() as meter:
-                    out = model(**inputs)
-                    _sync(device)
-                    del out
-                stats[backend]["peak_increase_bytes"].append(meter.increase)
-                stats[backend]["peak_bytes"].append(meter.peak)
-                stats[backend]["file_pages_bytes"].append(meter.file_pages)
-    set_attention_backend(model, "sdpa")
-    for st in stats.values():
-        st["time_median_s"] = statistics.median(st["times_s"])
-        st["user_median_s"] = statistics.median(st["user_s"])
-        st["sys_median_s"] = statistics.median(st["sys_s"])
-        st["time_min_s"] = min(st["times_s"])
-        st["peak_increase_max_bytes"] = max(st["peak_increase_bytes"])
-        st["peak_max_bytes"] = max(st["peak_bytes"])
-    ref, other = outputs["sdpa"], outputs["naive"]
-    diff = (ref - other).abs().max().item()
-    scale = ref.abs().max().item()
-    stats["check"] = {"max_abs_diff": diff, "max_abs_output": scale,
-                      "rel_diff": diff / scale if scale else float("nan"),
-                      "finite": bool(torch.isfinite(ref).all() and torch.isfinite(other).all())}
-    return stats
+    def stamp(i: int, t: int, x0: torch.Tensor) -> None:
+        stamps.append((time.perf_counter(), _cpu_seconds()))
 
+    for r in range(spec["generate_runs"]):
+        stamps.clear()
+        pipe(prompt, seed=r, callback=stamp, **kw)
+        # intervals between step callbacks: the sampler steps after the first (which also has the text encoding)
+        step_times += [b[0] - a[0] for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
+        step_cpu += [b[1] - a[1] for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
+    out.update(generate_settings=kw, generate_step_s=statistics.median(step_times),
+               generate_step_cpu_s=statistics.median(step_cpu))
 
-def run_config(name: str, repeats: int | None, device: torch.device, dtypes: list[str]
-               ) -> list[dict[str, Any]]:
-    """Build config ``name`` once and measure it in every dtype. Meant for a fresh process."""
-    make_params, rows, num_frames, size, default_repeats = CONFIGS[name]
-    repeats = repeats or default_repeats
-    # the full sdpa forward's peak RSS varied between runs (386-503 MiB seen): report the larger of 2
-    mem_repeats = 2
-    params = make_params()
-    t0 = time.perf_counter()
-    base_model = build_model(params, device)
-    n_params = sum(p.numel() for p in base_model.parameters())
-    print(f"[{name}] built {n_params / 1e6:.1f}M-parameter UNet in {time.perf_counter() - t0:.1f} s; "
-          f"{rows} rows = {rows // num_frames} objects x {num_frames} views at {size}x{size}; per backend "
-          f"1 warm-up + {repeats} timed + {mem_repeats} memory forwards", flush=True)
-    results = []
-    for dt_name in dtypes:
-        dtype = DTYPES[dt_name]
-        # fp32 runs on the model as built; lower precisions on a converted copy, dropped afterwards
-        model = base_model if dtype == torch.float32 else copy.deepcopy(base_model).to(dtype)
-        inputs = make_inputs(model, rows, num_frames, size, device, dtype)
-        t0 = time.perf_counter()
-        stats = bench_model(model, inputs, repeats, mem_repeats, device)
-        sd, nv, chk = stats["sdpa"], stats["naive"], stats["check"]
-        rec = {
-            "config": name, "dtype": dt_name, "device": str(device), "params": n_params,
-            "rows": rows, "num_frames": num_frames, "latent_size": size, "repeats": repeats,
-            "mem_repeats": mem_repeats, "unet_params": params,
-            "sdpa": sd, "naive": nv, "check": chk,
-            "time_ratio": nv["time_median_s"] / sd["time_median_s"],
-            "time_ratio_min": nv["time_min_s"] / sd["time_min_s"],
-            "cpu_time_ratio": (nv["user_median_s"] + nv["sys_median_s"])
-            / max(sd["user_median_s"] + sd["sys_median_s"], 1e-9),
-            "mem_ratio": nv["peak_increase_max_bytes"] / max(sd["peak_increase_max_bytes"], 1),
-            "mem_saving": 1 - sd["peak_increase_max_bytes"] / max(nv["peak_increase_max_bytes"], 1),
-            "mem_saving_total": 1 - sd["peak_max_bytes"] / max(nv["peak_max_bytes"], 1),
-        }
-        print(f"[{name}/{dt_name}] sdpa {sd['time_median_s']:.3f} s, naive {nv['time_median_s']:.3f} s "
-              f"(x{rec['time_ratio']:.2f}); peak +{sd['peak_increase_max_bytes'] / MiB:.0f} MiB vs "
-              f"+{nv['peak_increase_max_bytes'] / MiB:.0f} MiB; max|sdpa-naive| {chk['max_abs_diff']:.2e}"
-              f" ({time.perf_counter() - t0:.0f} s)", flush=True)
-        results.append(rec)
-        del model, inputs
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return results
-
-
-def run_in_subprocess(name: str, args: argparse.Namespace, dtypes: list[str]) -> list[dict[str, Any]]:
-    """Measure one config in a fresh interpreter: its allocator settings, RSS and (for ``full``) the
-    3.5 GB of weights start and end with it, so configs cannot disturb each other's figures."""
+    # text-to-3D: train steps after a warm-up
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / f"{name}.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--worker-out", str(out),
-               "--device", args.device, "--dtypes", ",".join(dtypes)]
-        if args.repeats is not None:
-            cmd += ["--repeats", str(args.repeats)]
-        proc = subprocess.run(cmd, check=False)
-        if proc.returncode != 0 or not out.exists():
-            raise RuntimeError(f"benchmark worker for config {name!r} failed (exit {proc.returncode})")
-        return json.loads(out.read_text())
+        run = TextTo3D(prompt, model, cfg, Path(tmp))
+        for _ in range(2):
+            run.train_step()
+        times, cpu, guidance = [], [], []
+        for _ in range(spec["t3d_steps"]):
+            t0, c0 = time.perf_counter(), _cpu_seconds()
+            row = run.train_step()
+            times.append(time.perf_counter() - t0)
+            cpu.append(_cpu_seconds() - c0)
+            guidance.append(row["time_guidance"])
+    out.update(t3d_step_s=statistics.median(times), t3d_step_cpu_s=statistics.median(cpu),
+               t3d_guidance_s=statistics.median(guidance))
+    return out
 
 
-# ------------------------------------------------------------------------------------------- report
+def _published_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Our UNetConfig dict -> keyword arguments of the published MultiViewUNetModel."""
+    keep = ("in_channels", "out_channels", "model_channels", "attention_resolutions", "num_res_blocks",
+            "channel_mult", "num_heads", "num_head_channels", "transformer_depth", "context_dim",
+            "use_linear_in_transformer", "camera_dim", "dropout", "conv_resample", "use_scale_shift_norm",
+            "resblock_updown", "use_checkpoint", "num_attention_blocks", "disable_middle_self_attn")
+    p = {k: params[k] for k in keep if k in params}
+    p.update(image_size=32, use_spatial_transformer=True, legacy=False)
+    return p
 
-def cpu_bf16_note() -> str:
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    found = sorted(flags & {"avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16"})
-    if found:
-        units = f"this CPU reports {', '.join(found)}"
-    else:
-        units = "this CPU has no bf16 units (no avx512_bf16 / amx_bf16 in /proc/cpuinfo)"
-    return (f"bf16/fp16 are measured only with --device cuda; skipped on CPU ({units}). "
-            "The project runs in fp32 on CPU.")
+
+# ---------------------------------------------------------------------------------- orchestration
+
+def run_worker(kind: str, spec: dict[str, Any], pythonpath: str | None = None) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; ``pythonpath`` puts another mvdream3d first."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = dict(spec, output_file=str(Path(tmp) / "out.pt"))
+        res_file = Path(tmp) / "result.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--worker-spec", json.dumps(spec),
+               "--worker-out", str(res_file)]
+        env = dict(os.environ)
+        if pythonpath is not None:
+            env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        proc = subprocess.run(cmd, check=False, env=env)
+        if proc.returncode != 0 or not res_file.exists():
+            raise RuntimeError(f"benchmark worker {kind} {spec.get('config', '')}/{spec['mode']} failed "
+                               f"(exit {proc.returncode})")
+        res = json.loads(res_file.read_text())
+        if kind == "unet" and spec["measure"] == "time":
+            res["output"] = torch.load(spec["output_file"], weights_only=True)
+        return res
 
 
 def cpu_name() -> str:
@@ -447,125 +588,201 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def print_table(results: list[dict[str, Any]]) -> None:
-    head = (f"{'config':<6} {'dtype':<5} {'backend':<7} {'median s':>9} {'min s':>8} {'user s':>7} "
-            f"{'sys s':>6} {'peak +MiB':>10} {'peak MiB':>9} {'max|diff|':>10}")
+def _fmt_list(values: list[float], fmt: str = "{:.3f}") -> str:
+    return " / ".join(fmt.format(v) for v in values)
+
+
+def report_unet(results: dict[str, dict[str, list[dict[str, Any]]]], rounds: int) -> dict[str, Any]:
+    """Print the UNet table (one line per config and implementation, one value per round) and the ratios."""
+    summary: dict[str, Any] = {}
     print()
+    head = (f"{'config':<9} {'implementation':<15} {'median s (per round)':>22} {'CPU s':>15} "
+            f"{'forward peak +MiB':>18} {'process peak MiB':>17} {'max|out - ours|':>16}")
     print(head)
     print("-" * len(head))
-    for r in results:
-        for b in BACKENDS:
-            s = r[b]
-            diff = f"{r['check']['max_abs_diff']:.2e}" if b == "naive" else ""
-            tag = f"{r['config']:<6} {r['dtype']:<5} {b:<7}"
-            inc, tot = s["peak_increase_max_bytes"] / MiB, s["peak_max_bytes"] / MiB
-            print(f"{tag} {s['time_median_s']:>9.3f} {s['time_min_s']:>8.3f} {s['user_median_s']:>7.2f} "
-                  f"{s['sys_median_s']:>6.2f} {inc:>10.1f} {tot:>9.1f} {diff:>10}")
-        tag = f"{r['config']:<6} {r['dtype']:<5} {'naive/sdpa':<10}"
-        print(f"{tag} time x{r['time_ratio']:.2f} (min x{r['time_ratio_min']:.2f}, CPU time "
-              f"x{r['cpu_time_ratio']:.2f}), forward peak x{r['mem_ratio']:.2f}: sdpa saves "
-              f"{r['mem_saving']:.1%} of the forward's peak memory ({r['mem_saving_total']:.1%} of the "
-              "process peak)")
+    for config, by_mode in results.items():
+        ours_out = by_mode["ours"][0]["output"]
+        for mode, runs in by_mode.items():
+            diff = (runs[0]["output"] - ours_out).abs().max().item() if mode != "ours" else 0.0
+            print(f"{config:<9} {mode:<15} {_fmt_list([r['time_median_s'] for r in runs]):>22} "
+                  f"{_fmt_list([r['cpu_median_s'] for r in runs], '{:.2f}'):>15} "
+                  f"{_fmt_list([r['peak_increase_bytes'] / MiB for r in runs], '{:.0f}'):>18} "
+                  f"{_fmt_list([r['peak_bytes'] / MiB for r in runs], '{:.0f}'):>17} "
+                  f"{f'{diff:.2e}' if mode != 'ours' else 'reference':>16}")
+        s: dict[str, Any] = {"max_abs_output": ours_out.abs().max().item()}
+        for base in ("published_sdpa", "published", "ours_compile"):
+            if base not in by_mode:
+                continue
+            per_round = [b["time_median_s"] / o["time_median_s"] for b, o in zip(by_mode[base], by_mode["ours"],
+                                                                                   strict=True)]
+            cpu_round = [b["cpu_median_s"] / o["cpu_median_s"] for b, o in zip(by_mode[base], by_mode["ours"],
+                                                                                strict=True)]
+            mem = max(o["peak_increase_bytes"] for o in by_mode["ours"]) / max(
+                min(b["peak_increase_bytes"] for b in by_mode[base]), 1)
+            s[base] = {"time_ratio_per_round": per_round, "cpu_ratio_per_round": cpu_round,
+                       "time_ratio_worse": min(per_round), "memory_ratio": mem,
+                       "max_abs_diff": (by_mode[base][0]["output"] - ours_out).abs().max().item()}
+            label = {"published_sdpa": "published + SDPA", "published": "published as shipped",
+                     "ours_compile": "ours, eager"}[base]
+            what = "ours" if base != "ours_compile" else "compiled"
+            if base == "ours_compile":  # time ratio the other way round: eager / compiled
+                per_round = [1 / r for r in per_round]
+                s[base]["time_ratio_per_round"] = per_round
+                s[base]["time_ratio_worse"] = min(per_round)
+                s[base]["compile_s"] = by_mode[base][0]["warmup_s"]
+            print(f"{config}: {what} vs {label}: time x{_fmt_list(per_round, '{:.2f}')} faster (per round; CPU "
+                  f"time x{_fmt_list(cpu_round, '{:.2f}')}), forward peak memory x{mem:.2f} of it")
+        summary[config] = s
     print()
-    print("median/min s: wall time of one forward; user/sys s: CPU seconds of the process per forward "
-          "(median, all\nthreads; sys is mostly page faults on fresh tensor memory); peak +MiB: peak "
-          "memory of the forward above\nwhat was in use before it (weights, inputs); peak MiB: the "
-          "absolute peak, weights included (CPU: RSS of\nthe whole process); max|diff|: "
-          "max|out_sdpa - out_naive|, relative to max|out|: "
-          + ", ".join(f"{r['config']}/{r['dtype']} {r['check']['rel_diff']:.1e}" for r in results) + ".")
+    print("median s: wall time of one forward (median of the repeats), one value per interleaved round; CPU s: CPU "
+          "seconds of\nthe process per forward (all threads); forward peak +MiB: RSS high-water mark of a forward "
+          "above what was in\nuse before it (weights, inputs); process peak MiB: the same, absolute, incl. the "
+          "weights and torch itself;\nmax|out - ours|: largest difference from our output on the same weights "
+          "and inputs.")
+    return summary
 
 
-def verdict(results: list[dict[str, Any]]) -> dict[str, Any]:
-    full = [r for r in results if r["config"] == "full"]
-    if not full:
-        print("VERDICT: no full-size run (--config full|both needed to check the targets)")
-        return {"checked": False}
-    checks = []
-    for r in full:
-        fast = r["time_ratio"] >= TARGET_SPEEDUP
-        lean = r["mem_saving"] >= TARGET_MEM_SAVING
-        # fp32 must agree to float rounding; in bf16/fp16 the two backends round differently (naive
-        # keeps scores in fp32), so there the difference is reported and only has to be finite
-        agree = r["check"]["finite"] and (r["dtype"] != "fp32" or r["check"]["rel_diff"] < 1e-4)
-        checks.append({"dtype": r["dtype"], "speedup": r["time_ratio"], "speedup_met": fast,
-                       "mem_saving": r["mem_saving"], "mem_met": lean, "outputs_agree": agree})
-        print(f"VERDICT full/{r['dtype']}: sdpa {r['time_ratio']:.2f}x faster than naive "
-              f"(target >= {TARGET_SPEEDUP}x: {'MET' if fast else 'NOT MET'}), {r['mem_saving']:.1%} less "
-              f"peak forward memory (target >= {TARGET_MEM_SAVING:.0%}: {'MET' if lean else 'NOT MET'}), "
-              f"outputs {'agree' if agree else 'DISAGREE'} (rel. max diff {r['check']['rel_diff']:.1e})")
-    ok = all(c["speedup_met"] and c["mem_met"] and c["outputs_agree"] for c in checks)
-    print(f"VERDICT: targets {'MET' if ok else 'NOT MET'} for the full-size 4-view forward")
-    return {"checked": True, "met": ok, "per_dtype": checks}
+def report_e2e(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    print()
+    head = (f"{'implementation':<15} {'generate s/step':>16} {'CPU s':>12} {'text-to-3D s/step':>18} {'CPU s':>12} "
+            f"{'text-to-3D step peak +MiB':>26}")
+    print(head)
+    print("-" * len(head))
+    for mode, runs in results.items():
+        print(f"{mode:<15} {_fmt_list([r['generate_step_s'] for r in runs]):>16} "
+              f"{_fmt_list([r['generate_step_cpu_s'] for r in runs], '{:.2f}'):>12} "
+              f"{_fmt_list([r['t3d_step_s'] for r in runs]):>18} "
+              f"{_fmt_list([r['t3d_step_cpu_s'] for r in runs], '{:.2f}'):>12} "
+              f"{_fmt_list([r['t3d_peak_increase_bytes'] / MiB for r in runs], '{:.0f}'):>26}")
+    summary: dict[str, Any] = {}
+    ours = results["ours"]
+    for base in ("baseline", "published_sdpa"):
+        if base not in results:
+            continue
+        rb = results[base]
+        summary[base] = {
+            key: [1 - o[key] / b[key] for b, o in zip(rb, ours, strict=True)]
+            for key in ("generate_step_s", "generate_step_cpu_s", "t3d_step_s", "t3d_step_cpu_s")
+        }
+        summary[base]["t3d_memory_ratio"] = max(o["t3d_peak_increase_bytes"] for o in ours) / max(
+            min(b["t3d_peak_increase_bytes"] for b in rb), 1)
+        sb = summary[base]
+        print(f"ours vs {base}: generate step {_fmt_list([-v * 100 for v in sb['generate_step_s']], '{:+.0f}%')} "
+              f"(CPU {_fmt_list([-v * 100 for v in sb['generate_step_cpu_s']], '{:+.0f}%')}), text-to-3D step "
+              f"{_fmt_list([-v * 100 for v in sb['t3d_step_s']], '{:+.0f}%')} (CPU "
+              f"{_fmt_list([-v * 100 for v in sb['t3d_step_cpu_s']], '{:+.0f}%')}), text-to-3D step peak memory "
+              f"x{sb['t3d_memory_ratio']:.2f}")
+    r0 = ours[0]
+    print(f"model {r0['model']}; generate: {r0['generate_settings']}; text-to-3D config {r0['t3d_config']}")
+    return summary
 
 
-# --------------------------------------------------------------------------------------------- main
+def verdict(unet: dict[str, Any], e2e: dict[str, Any]) -> dict[str, Any]:
+    checks: dict[str, Any] = {}
+    for config, key in (("tiny", "tiny_speedup"), ("full", "full_speedup")):
+        s = unet.get(config, {}).get("published_sdpa")
+        if s:
+            checks[key] = {"value": s["time_ratio_worse"], "target": TARGETS[key],
+                           "met": s["time_ratio_worse"] >= TARGETS[key]}
+            checks[f"{config}_memory_ratio"] = {"value": s["memory_ratio"], "target": TARGETS["memory_ratio"],
+                                                "met": s["memory_ratio"] <= TARGETS["memory_ratio"]}
+    if "published_sdpa" in e2e:
+        v = e2e["published_sdpa"]["t3d_memory_ratio"]
+        checks["t3d_memory_ratio"] = {"value": v, "target": TARGETS["memory_ratio"],
+                                      "met": v <= TARGETS["memory_ratio"]}
+    if "baseline" in e2e:
+        v = min(e2e["baseline"]["t3d_step_s"])
+        checks["t3d_step_saving"] = {"value": v, "target": TARGETS["t3d_step_saving"],
+                                     "met": v >= TARGETS["t3d_step_saving"]}
+    print()
+    names = {"tiny_speedup": "tiny forward, ours vs published + SDPA (x, worse round)",
+             "full_speedup": "sd21-width forward, ours vs published + SDPA (x, worse round)",
+             "tiny_memory_ratio": "tiny forward peak memory, ours / published + SDPA",
+             "full_memory_ratio": "sd21-width forward peak memory, ours / published + SDPA",
+             "t3d_memory_ratio": "text-to-3D step peak memory, ours / published + SDPA",
+             "t3d_step_saving": "text-to-3D step time saved vs baseline (worse round)"}
+    for key, c in checks.items():
+        cmp = ">=" if key.endswith(("speedup", "saving")) else "<="
+        print(f"TARGET {names[key]}: {c['value']:.2f} (target {cmp} {c['target']}): {'MET' if c['met'] else 'NOT MET'}")
+    if not checks:
+        print("no targets checked (the published code is needed for the ratios; --e2e --baseline-src for the step)")
+    return checks
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", choices=("full", "tiny", "both"), default="both")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="timed forwards per backend (default 3 for full, 10 for tiny)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--published", default=None,
+                   help="checkout of github.com/bytedance/MVDream (default: $MVDREAM_PUBLISHED; without it, "
+                   "ours alone)")
+    p.add_argument("--config", choices=("tiny", "full", "both", "none"), default="both")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed forwards per process (default 5 tiny, 3 full)")
+    p.add_argument("--modes", default=None,
+                   help=f"comma-separated subset of {','.join(UNET_MODES)} (default: all that are available)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="UNet forwards on this device")
     p.add_argument("--dtypes", default="fp32",
-                   help="comma-separated subset of fp32,bf16,fp16 (fp32 always runs; others need cuda)")
+                   help="comma-separated subset of fp32,bf16,fp16 for the UNet forwards (bf16/fp16 need --device cuda)")
+    p.add_argument("--compile", action="store_true", help="also time ours under torch.compile (tiny config only)")
+    p.add_argument("--e2e", action="store_true", help="also time generate and text-to-3D steps")
+    p.add_argument("--model", default=None, help="model for --e2e (default: the built-in model)")
+    p.add_argument("--t3d-config", default="builtin", help="text-to-3D config for --e2e (default: builtin)")
+    p.add_argument("--t3d-steps", type=int, default=6, help="timed text-to-3D steps per process (default 6)")
+    p.add_argument("--generate-runs", type=int, default=2, help="generate calls per process (default 2)")
+    p.add_argument("--baseline-src", default=None,
+                   help="the src/ folder of another mvdream3d checkout, for before/after --e2e numbers")
     p.add_argument("--json", type=Path, default=None, help="also write all measurements to this JSON file")
-    # internal: run one config in this process and write its results (see run_in_subprocess)
-    p.add_argument("--worker", choices=tuple(CONFIGS), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("unet", "e2e"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-spec", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        p.error("--repeats must be >= 1")
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    bad = sorted(set(dtypes) - set(DTYPES))
+    if args.rounds < 1 or (args.repeats is not None and args.repeats < 1):
+        p.error("--rounds and --repeats must be >= 1")
+    args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bad = sorted(set(args.dtypes) - set(DTYPES))
     if bad:
         p.error(f"unknown dtypes {bad}; choose from {sorted(DTYPES)}")
-    args.dtypes = ["fp32"] + [d for d in dict.fromkeys(dtypes) if d != "fp32"]
-    if args.worker is not None and args.worker_out is None:
-        p.error("--worker needs --worker-out")
+    if args.device == "cpu" and args.dtypes != ["fp32"]:
+        p.error("bf16/fp16 need --device cuda (this project runs in fp32 on CPU: no bf16 units on most CPUs)")
+    if args.baseline_src and not (Path(args.baseline_src) / "mvdream3d" / "__init__.py").is_file():
+        p.error(f"--baseline-src {args.baseline_src}: no mvdream3d package there (pass the checkout's src/ folder)")
     return args
-
-
-def worker(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        # full fp32 matmuls, so that the fp32 sdpa/naive comparison means what it says
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    results = run_config(args.worker, args.repeats, device, args.dtypes)
-    args.worker_out.write_text(json.dumps(results))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
-        return worker(args)
+        spec = json.loads(args.worker_spec)
+        res = unet_worker(spec) if args.worker == "unet" else e2e_worker(spec)
+        args.worker_out.write_text(json.dumps(res))
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: CUDA is not available in this torch build / machine", file=sys.stderr)
         return 2
-    dtypes = args.dtypes
-    if args.device == "cpu":
-        if len(dtypes) > 1:
-            print(cpu_bf16_note())
-        dtypes = ["fp32"]
-        meter_method = CpuPeakMeter().method
-        if LIBC.lib is None:
-            print("warning: no glibc mallopt here; CPU peak-memory figures may under-read")
-    else:
-        meter_method = CudaPeakMeter.method
-    env = {
-        "torch": torch.__version__, "python": platform.python_version(), "device": args.device,
-        "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name(),
-        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "memory_method": meter_method,
-        "loadavg_before": os.getloadavg(),
-    }
-    print(f"torch {env['torch']} on {env['device']} ({env['device_name']}), {env['threads']} threads, "
-          f"load average {env['loadavg_before'][0]:.2f}; peak memory: {meter_method}; "
-          "one fresh process per config", flush=True)
-    names = ["full", "tiny"] if args.config == "both" else [args.config]
-    results: list[dict[str, Any]] = []
-    loads: list[float] = []  # 1-minute load average every 5 s while the workers run
+    published = find_published(args.published)
+    modes = list(UNET_MODES)
+    if published is None:
+        print("published MVDream code not found (pass --published PATH or set MVDREAM_PUBLISHED to a checkout of "
+              "github.com/bytedance/MVDream): measuring ours alone, no ratios")
+        modes = ["ours"]
+    if args.modes:
+        asked = [m.strip() for m in args.modes.split(",") if m.strip()]
+        bad = sorted(set(asked) - set(UNET_MODES))
+        if bad:
+            raise SystemExit(f"unknown --modes {bad}; choose from {UNET_MODES}")
+        modes = [m for m in modes if m in asked]
+        if "ours" not in modes:
+            modes.append("ours")
+    env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(), "device": args.device,
+           "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name(),
+           "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "memory_method": CpuPeakMeter().method,
+           "loadavg_before": os.getloadavg(), "published": str(published) if published else None}
+    print(f"torch {env['torch']}, {env['device_name']}, {env['threads']} threads, load average "
+          f"{env['loadavg_before'][0]:.2f}; peak memory: {env['memory_method']}; one fresh process per "
+          f"measurement, {args.rounds} interleaved rounds", flush=True)
+    if LIBC.lib is None:
+        print("warning: no glibc mallopt here; peak-memory figures may under-read")
+    loads: list[float] = []
     done = threading.Event()
 
     def watch_load() -> None:
@@ -574,28 +791,67 @@ def main(argv: list[str] | None = None) -> int:
 
     watcher = threading.Thread(target=watch_load, daemon=True)
     watcher.start()
+    configs = {"both": ["tiny", "full"], "none": []}.get(args.config, [args.config])
+    unet_results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    e2e_results: dict[str, list[dict[str, Any]]] = {}
+    e2e_modes = ["ours"]
+    if published is not None:
+        e2e_modes.insert(0, "published_sdpa")
+    if args.baseline_src:
+        e2e_modes.insert(0, "baseline")
     try:
-        for name in names:
-            results.extend(run_in_subprocess(name, args, dtypes))
+        for r in range(args.rounds):
+            for config, dtype in ((c, d) for c in configs for d in args.dtypes):
+                key = config if dtype == "fp32" else f"{config}/{dtype}"
+                cmodes = modes + (["ours_compile"] if args.compile and config == "tiny" else [])
+                for mode in cmodes:
+                    t0 = time.perf_counter()
+                    spec = {"config": config, "mode": mode, "repeats": args.repeats, "device": args.device,
+                            "dtype": dtype, "published": str(published) if published else None}
+                    res = run_worker("unet", dict(spec, measure="time"))
+                    mem = run_worker("unet", dict(spec, measure="memory"))
+                    res.update(peak_increase_bytes=mem["peak_increase_bytes"], peak_bytes=mem["peak_bytes"])
+                    unet_results.setdefault(key, {}).setdefault(mode, []).append(res)
+                    print(f"[round {r + 1}] {key}/{mode}: {res['time_median_s']:.3f} s per forward (CPU "
+                          f"{res['cpu_median_s']:.2f} s), forward peak +{res['peak_increase_bytes'] / MiB:.0f} MiB "
+                          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            if args.e2e:
+                for mode in e2e_modes:
+                    t0 = time.perf_counter()
+                    spec = {"mode": mode, "model": args.model, "t3d_config": args.t3d_config,
+                            "t3d_steps": args.t3d_steps, "generate_runs": args.generate_runs,
+                            "published": str(published) if published else None}
+                    path = args.baseline_src if mode == "baseline" else None
+                    res = run_worker("e2e", dict(spec, measure="time"), pythonpath=path)
+                    mem = run_worker("e2e", dict(spec, measure="memory"), pythonpath=path)
+                    res["t3d_peak_increase_bytes"] = mem["t3d_peak_increase_bytes"]
+                    e2e_results.setdefault(mode, []).append(res)
+                    print(f"[round {r + 1}] e2e/{mode} ({res['mvdream3d']}): generate {res['generate_step_s']:.3f} "
+                          f"s/step, text-to-3D {res['t3d_step_s']:.3f} s/step ({time.perf_counter() - t0:.0f} s)",
+                          flush=True)
     finally:
         done.set()
         watcher.join()
-    env["loadavg_after"] = os.getloadavg()
-    env["loadavg_during_median"] = statistics.median(loads) if loads else env["loadavg_after"][0]
-    print_table(results)
+    env["loadavg_during_median"] = statistics.median(loads) if loads else os.getloadavg()[0]
+    unet_summary = report_unet(unet_results, args.rounds) if unet_results else {}
+    e2e_summary = report_e2e(e2e_results) if e2e_results else {}
     load = env["loadavg_during_median"]
-    print(f"load average during the run (median of 1-minute values): {load:.2f} on {env['cpu_count']} "
-          f"cores, of which this benchmark accounts for about {env['threads']}; other load inflates and "
-          "scatters the times.")
+    print(f"\nload average during the run (median of 1-minute values): {load:.2f} on {env['cpu_count']} cores; "
+          f"this benchmark accounts for about {env['threads']}.")
     env["contended"] = load > env["threads"] + 0.5
     if env["contended"]:
-        print(f"WARNING: load average {load:.1f} with {env['threads']} threads of ours: other processes "
-              "competed for the CPU, so the times and the speed verdict below are unreliable; rerun on an "
-              "idle machine. The memory figures do not depend on load.")
-    v = verdict(results)
+        print(f"WARNING: load average {load:.1f}: other processes competed for the CPU, so wall times are "
+              "inflated and scattered (the CPU-time columns and ratios suffer less; memory does not depend on load).")
+    checks = verdict(unet_summary, e2e_summary)
     if args.json is not None:
+        for by_mode in unet_results.values():
+            for runs in by_mode.values():
+                for run in runs:
+                    run.pop("output", None)
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"env": env, "results": results, "verdict": v}, indent=2))
+        args.json.write_text(json.dumps({"env": env, "unet": unet_results, "unet_summary": unet_summary,
+                                         "e2e": e2e_results, "e2e_summary": e2e_summary, "targets": checks},
+                                        indent=2, default=float))
         print(f"wrote {args.json}")
     return 0
 

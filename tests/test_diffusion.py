@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from mvdream3d import NoiseSchedule, sample
-from mvdream3d.diffusion.sampling import cfg_denoiser, ddim_timesteps, make_scheduler, sample_ddim
+from mvdream3d.diffusion.sampling import (
+    cfg_denoiser,
+    ddim_timesteps,
+    make_scheduler,
+    rescale_guidance,
+    sample_ddim,
+)
 
 
 def test_scaled_linear_schedule_known_values():
@@ -102,6 +108,38 @@ def test_cfg_scale_one_equals_conditional_model(tiny_unet):
     a = sample(tiny_unet, x_T, cond, uncond, 4, 3, 1.0)
     b = sample(tiny_unet, x_T, cond, None, 4, 3, 7.5)
     torch.testing.assert_close(a, b)
+
+
+def test_cfg_conditioning_prepared_once_matches_direct_calls(tiny_unet):
+    # one context per object (2 objects x 4 views): without autograd the denoiser stacks the halves and
+    # prepares the cross-attention keys/values once per batch size; every call equals the plain UNet calls,
+    # and equals the unprepared path taken with autograd on
+    cond = {"context": torch.randn(2, 5, 24), "camera": torch.randn(4, 16)}
+    uncond = {"context": torch.randn(1, 5, 24), "camera": cond["camera"]}
+    den = cfg_denoiser(tiny_unet, cond, uncond, 4, 4.0)
+    for n, seed in ((8, 0), (8, 1), (4, 2)):
+        g = torch.Generator().manual_seed(seed)
+        x, t = torch.randn(n, 4, 8, 8, generator=g), torch.full((n,), 300 + seed)
+        cam = cond["camera"].repeat(n // 4, 1)
+        ctx = cond["context"][: n // 4].repeat_interleave(4, dim=0)
+        with torch.no_grad():
+            c = tiny_unet(x, t, ctx, cam, 4)
+            u = tiny_unet(x, t, uncond["context"].expand(n, -1, -1), cam, 4)
+            if n == 4:  # a batch of one object gets the first object's context: build a denoiser for it
+                den4 = cfg_denoiser(tiny_unet, {**cond, "context": cond["context"][:1]}, uncond, 4, 4.0)
+                got = den4(x, t)
+            else:
+                got = den(x, t)
+        # the batched call (2n rows) and the direct calls (n rows) round apart by <= 3e-6 (oneDNN picks kernels
+        # by batch size); the guided output weighs that by |1 + s| + |s| = 9
+        torch.testing.assert_close(got, u + 4.0 * (c - u), atol=5e-5, rtol=1e-4)
+        if n == 8:  # guidance rescale on the prepared, batched path: per image, towards the conditional half
+            with torch.no_grad():
+                rescaled = cfg_denoiser(tiny_unet, cond, uncond, 4, 4.0, guidance_rescale=0.7)(x, t)
+            torch.testing.assert_close(rescaled, rescale_guidance(u + 4.0 * (c - u), c, 0.7), atol=5e-5, rtol=1e-4)
+            assert not torch.allclose(rescaled, got)
+            with torch.enable_grad():  # rounding of the two paths (<= 1e-5 per call) scaled by the guidance
+                torch.testing.assert_close(den(x, t).detach(), got, atol=5e-5, rtol=1e-4)
 
 
 def test_camera_per_object_is_tiled(tiny_unet):

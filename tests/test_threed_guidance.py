@@ -168,6 +168,18 @@ def test_x0_recon_std_rescale_matches_hand(model):
     torch.testing.assert_close(out["x0_pred"], 0.5 * x0 * factor + 0.5 * x0, rtol=1e-4, atol=1e-4)
 
 
+def test_prompt_context_reused_across_steps_and_batch_sizes(model):
+    # the UNet context of a prompt is prepared once per batch size and reused; each call still matches by hand
+    g = MultiViewGuidance(model, guidance_scale=5.0, recon_std_rescale=0.0, latent_render_size=SIZE)
+    c2w4 = fixed_views(size=SIZE).c2w
+    for n in (4, 8, 4):
+        c2w = c2w4.repeat(n // 4, 1, 1)
+        z = torch.randn(n, 4, 4, 4, generator=gen(n))
+        out = g.latent_loss(z, c2w, PROMPT, step=2000, generator=gen(7))
+        *_, x_t, tt, guided = _hand_outputs(model, z, c2w, 2000, 7, 5.0)
+        torch.testing.assert_close(out["x0_pred"], model.noise_schedule.to_x0(guided, x_t, tt), rtol=1e-4, atol=1e-5)
+
+
 def test_sds_gradient_matches_hand(model):
     g = MultiViewGuidance(model, guidance_scale=5.0, loss_type="sds", latent_render_size=SIZE)
     c2w = fixed_views(size=SIZE).c2w

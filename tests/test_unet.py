@@ -5,7 +5,7 @@ import torch
 from conftest import TINY_UNET, perturb, spec_or_skip
 
 from mvdream3d import MultiViewUNet
-from mvdream3d.models.attention import naive_attention, set_attention_backend
+from mvdream3d.models.attention import PreparedContext, naive_attention, sdpa_attention, set_attention_backend
 
 
 def _inputs(n=8, seed=1, hw=8):
@@ -64,6 +64,80 @@ def test_sdpa_matches_naive_attention(tiny_unet):
     q, k, v = torch.randn(3, 2, 4, 10, 8).unbind(0)
     ref = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1) @ v
     assert torch.allclose(naive_attention(q, k, v), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("d", [8, 16, 40])
+def test_sdpa_attention_pads_narrow_heads_exactly(d):
+    # heads narrower than 16 go through the CPU kernel zero-padded to 16, with the true width's scale
+    q, k, v = torch.randn(3, 2, 4, 50, d).unbind(0)
+    k = k[:, :, :30]
+    v = v[:, :, :30]
+    out = sdpa_attention(q, k, v)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out, naive_attention(q, k, v), atol=1e-6, rtol=1e-5)
+
+
+def test_inference_path_matches_autograd_path(tiny_unet):
+    # without autograd the blocks add in place and split GEGLU's product; with it they run out of place
+    x, t, ctx, cam = _inputs()
+    with torch.no_grad():
+        fast = tiny_unet(x, t, ctx, cam, num_frames=4)
+    slow = tiny_unet(x, t, ctx, cam, num_frames=4)
+    assert slow.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x, _inputs()[0], atol=0, rtol=0)  # inputs untouched by the in-place path
+
+
+@torch.no_grad()
+def test_memory_formats_agree_and_output_is_contiguous(tiny_unet):
+    x, t, ctx, cam = _inputs()
+    outs = {}
+    for fmt in ("contiguous", "channels_last", "auto"):
+        tiny_unet.memory_format = fmt
+        outs[fmt] = tiny_unet(x, t, ctx, cam, num_frames=4)
+        assert outs[fmt].is_contiguous()
+    tiny_unet.memory_format = "auto"
+    torch.testing.assert_close(outs["channels_last"], outs["contiguous"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs["auto"], outs["contiguous"], atol=1e-5, rtol=1e-5)
+
+
+def test_auto_layout_is_channels_last_where_activations_outweigh_weights(tiny_unet):
+    # "auto" on CPU: NHWC for feature maps with N*H*W >= 9*C (fast convolutions, free token views), the default
+    # layout where a 3x3 convolution's weights are larger (an NHWC input would copy them on every call)
+    cl = torch.channels_last
+    assert tiny_unet._to_layout(torch.randn(16, 32, 32, 32)).is_contiguous(memory_format=cl)
+    small = torch.randn(8, 64, 4, 4).contiguous(memory_format=cl)
+    assert tiny_unet._to_layout(small).is_contiguous() and not small.is_contiguous()
+    tiny_unet.memory_format = "channels_last"
+    assert tiny_unet._to_layout(small) is small
+    tiny_unet.memory_format = "auto"
+
+
+@torch.no_grad()
+def test_prepared_context_gives_the_same_output(tiny_unet):
+    x, t, ctx, cam = _inputs()
+    prepared = tiny_unet.prepare_context(ctx)
+    assert isinstance(prepared, PreparedContext) and prepared.shape == ctx.shape
+    n_cross = sum(1 for m in tiny_unet.modules() if hasattr(m, "attn2"))
+    assert len(prepared.kv) == n_cross > 0
+    torch.testing.assert_close(tiny_unet(x, t, prepared, cam, num_frames=4), tiny_unet(x, t, ctx, cam, num_frames=4),
+                               atol=0, rtol=0)
+    # another context gives another output: the prepared keys and values are really used
+    other = tiny_unet.prepare_context(ctx + 1)
+    assert (tiny_unet(x, t, other, cam, num_frames=4) - tiny_unet(x, t, ctx, cam, num_frames=4)).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="prepared context has 4 rows"):
+        tiny_unet(x, t, tiny_unet.prepare_context(ctx[:4]), cam, num_frames=4)
+    with pytest.raises(ValueError, match="context must be"):
+        tiny_unet.prepare_context(ctx[0])
+
+
+def test_prepared_context_keeps_gradients(tiny_unet):
+    # made with autograd on, the keys and values stay differentiable: to_k / to_v get gradients
+    x, t, ctx, cam = _inputs()
+    tiny_unet.requires_grad_(True)
+    tiny_unet(x, t, tiny_unet.prepare_context(ctx), cam, num_frames=4).square().mean().backward()
+    attn2 = next(m.attn2 for m in tiny_unet.modules() if hasattr(m, "attn2"))
+    assert attn2.to_k.weight.grad is not None and attn2.to_k.weight.grad.abs().sum() > 0
 
 
 @torch.no_grad()

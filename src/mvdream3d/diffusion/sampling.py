@@ -71,25 +71,45 @@ def cfg_denoiser(unet: nn.Module, cond: Mapping[str, Any], uncond: Mapping[str, 
     """A denoiser that runs ``unet`` with classifier-free guidance.
 
     With ``guidance_scale == 1`` or no ``uncond`` it is the conditional model alone. ``guidance_rescale``
-    (0 to 1) applies :func:`rescale_guidance` to the guided output.
+    (0 to 1) applies :func:`rescale_guidance` to the guided output. The conditioning is assembled once per
+    batch size, not per step: the cameras and contexts of the (unconditional, conditional) halves are stacked
+    once, and a UNet with ``prepare_context`` (:class:`~mvdream3d.models.unet.MultiViewUNet`) gets its
+    cross-attention keys and values computed once for the whole run when autograd is off (the output is the
+    same).
     """
     if not 0.0 <= guidance_rescale <= 1.0:
         raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
     use_cfg = uncond is not None and guidance_scale != 1.0
+    prepared: dict[int, tuple[Any, torch.Tensor | None]] = {}
+
+    def conditioning(n: int) -> tuple[Any, torch.Tensor | None]:
+        if n in prepared:
+            return prepared[n]
+        cam = _expand_camera(cond.get("camera"), n, num_frames)
+        ctx = cond.get("context")
+        if use_cfg:
+            assert uncond is not None
+            ucam = _expand_camera(uncond.get("camera"), n, num_frames)
+            uctx = uncond.get("context")
+            if ctx is not None and uctx is not None and uctx.shape[0] != ctx.shape[0]:
+                uctx = uctx.expand(ctx.shape[0], *uctx.shape[1:]) if uctx.shape[0] == 1 else uctx
+            ctx = None if ctx is None else torch.cat([uctx, ctx])
+            cam = None if cam is None else torch.cat([ucam if ucam is not None else cam, cam])
+        rows = 2 * n if use_cfg else n
+        # only without autograd: keys and values kept across steps must not hold a graph
+        if ctx is not None and hasattr(unet, "prepare_context") and not torch.is_grad_enabled():
+            if ctx.shape[0] * num_frames == rows and num_frames > 1:  # one context per object: one per view
+                ctx = ctx.repeat_interleave(num_frames, dim=0)
+            if ctx.shape[0] == rows:
+                ctx = unet.prepare_context(ctx)
+        prepared[n] = (ctx, cam)
+        return ctx, cam
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        cam = _expand_camera(cond.get("camera"), n, num_frames)
+        ctx, cam = conditioning(x.shape[0])
         if not use_cfg:
-            return unet(x, t, context=cond.get("context"), camera=cam, num_frames=num_frames)
-        assert uncond is not None
-        ucam = _expand_camera(uncond.get("camera"), n, num_frames)
-        ctx, uctx = cond.get("context"), uncond.get("context")
-        if ctx is not None and uctx is not None and uctx.shape[0] != ctx.shape[0]:
-            uctx = uctx.expand(ctx.shape[0], *uctx.shape[1:]) if uctx.shape[0] == 1 else uctx
-        both_ctx = None if ctx is None else torch.cat([uctx, ctx])
-        both_cam = None if cam is None else torch.cat([ucam if ucam is not None else cam, cam])
-        out_u, out_c = unet(torch.cat([x, x]), torch.cat([t, t]), context=both_ctx, camera=both_cam,
+            return unet(x, t, context=ctx, camera=cam, num_frames=num_frames)
+        out_u, out_c = unet(torch.cat([x, x]), torch.cat([t, t]), context=ctx, camera=cam,
                             num_frames=num_frames).chunk(2)
         guided = out_u + guidance_scale * (out_c - out_u)
         return rescale_guidance(guided, out_c, guidance_rescale) if guidance_rescale > 0 else guided

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import SpatialTransformer3D
+from .attention import BasicTransformerBlock3D, PreparedContext, SpatialTransformer3D
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -78,6 +78,8 @@ class ResBlock(nn.Module):
             self.skip_connection = nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and not self.use_scale_shift_norm:
+            return self._forward_inference(x, emb)
         h = self.in_layers(x)
         emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
         if self.use_scale_shift_norm:
@@ -87,6 +89,15 @@ class ResBlock(nn.Module):
         else:
             h = self.out_layers(h + emb_out)
         return self.skip_connection(x) + h
+
+    def _forward_inference(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The same computation with SiLU and the additions in place on tensors made here (no autograd)."""
+        norm1, _, conv1 = self.in_layers
+        norm2, _, dropout, conv2 = self.out_layers
+        h = conv1(F.silu(norm1(x), inplace=True))
+        h.add_(self.emb_layers(emb).to(h.dtype)[:, :, None, None])
+        h = conv2(dropout(F.silu(norm2(h), inplace=True)))
+        return h.add_(self.skip_connection(x))
 
 
 class Downsample(nn.Module):
@@ -117,19 +128,23 @@ class Upsample(nn.Module):
 class TimestepEmbedSequential(nn.Sequential):
     """Runs its layers, handing the embedding to ResBlocks and context/num_frames to transformers."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | PreparedContext | None,
                 num_frames: int, use_checkpoint: bool = False) -> torch.Tensor:
         for layer in self:
-            if isinstance(layer, ResBlock):
-                if use_checkpoint and torch.is_grad_enabled():
-                    x = checkpoint(layer, x, emb, use_reentrant=False)
-                else:
-                    x = layer(x, emb)
-            elif isinstance(layer, SpatialTransformer3D):
-                x = layer(x, context, num_frames)
-            else:
-                x = layer(x)
+            x = _run_layer(layer, x, emb, context, num_frames, use_checkpoint)
         return x
+
+
+def _run_layer(layer: nn.Module, x: torch.Tensor, emb: torch.Tensor,
+               context: torch.Tensor | PreparedContext | None, num_frames: int, use_checkpoint: bool
+               ) -> torch.Tensor:
+    if isinstance(layer, ResBlock):
+        if use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(layer, x, emb, use_reentrant=False)
+        return layer(x, emb)
+    if isinstance(layer, SpatialTransformer3D):
+        return layer(x, context, num_frames)
+    return layer(x)
 
 
 # Keys of the published YAML that do not change the network (or only its precision) and are accepted.
@@ -222,6 +237,14 @@ class MultiViewUNet(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
+        # Layout of the activations between layers. "auto": on CPU, channels-last (NHWC) for the feature maps
+        # whose activations outweigh a 3x3 convolution's weights (N*H*W >= 9*C: the high resolutions), where
+        # oneDNN convolutions are faster with them and the transformers' (N, H*W, C) token view is free; the
+        # default layout for the others, where a channels-last input makes the convolution copy its weights
+        # into that layout on every call (at the sd-v2.1 width, 59-118 MB per 1280-channel convolution, and
+        # slower); the default layout on other devices. "channels_last" / "contiguous" force one. Outputs are
+        # always contiguous (N, C, H, W).
+        self.memory_format: str = "auto"
         c = config
         mc = c.model_channels
         emb_dim = mc * 4
@@ -298,9 +321,9 @@ class MultiViewUNet(nn.Module):
             if isinstance(m, SpatialTransformer3D):
                 m.use_checkpoint = enabled
 
-    def _check_inputs(self, x: torch.Tensor, timesteps: torch.Tensor | float, context: torch.Tensor | None,
-                      camera: torch.Tensor | None, num_frames: int
-                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _check_inputs(self, x: torch.Tensor, timesteps: torch.Tensor | float,
+                      context: torch.Tensor | PreparedContext | None, camera: torch.Tensor | None, num_frames: int
+                      ) -> tuple[torch.Tensor, torch.Tensor | PreparedContext | None, torch.Tensor | None]:
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"x must be (B*F, {c.in_channels}, H, W), got {tuple(x.shape)}")
@@ -322,7 +345,11 @@ class MultiViewUNet(nn.Module):
             t = t.repeat_interleave(num_frames)
         if t.shape != (n,):
             raise ValueError(f"timesteps must be a scalar, (B,) or (B*F,) = ({n},), got {tuple(t.shape)}")
-        if context is not None:
+        if isinstance(context, PreparedContext):
+            if context.tensor.shape[0] != n:
+                raise ValueError(f"the prepared context has {context.tensor.shape[0]} rows, expected {n} (one per "
+                                 "view): prepare_context the (B*F, L, D) context of this batch")
+        elif context is not None:
             if context.ndim != 3 or context.shape[-1] != c.context_dim:
                 raise ValueError(f"context must be (B*F, L, {c.context_dim}), got {tuple(context.shape)}")
             if context.shape[0] == n // num_frames and num_frames > 1:
@@ -343,22 +370,57 @@ class MultiViewUNet(nn.Module):
                 )
         return t, context, camera
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float, context: torch.Tensor | None = None,
-                camera: torch.Tensor | None = None, num_frames: int = 1) -> torch.Tensor:
+    def prepare_context(self, context: torch.Tensor) -> PreparedContext:
+        """``context`` (B*F, L, context_dim) with every cross-attention layer's keys and values computed.
+
+        Pass the result as ``context`` to :meth:`forward` for as many calls as the context stays the same
+        (a sampling run, a text-to-3D optimisation): the output is the one the tensor gives, without the
+        ``to_k`` / ``to_v`` products in every call. It needs the full B*F rows of the batch it is used with.
+        """
+        c = self.config
+        if context.ndim != 3 or context.shape[-1] != c.context_dim:
+            raise ValueError(f"context must be (B*F, L, {c.context_dim}), got {tuple(context.shape)}")
+        context = context.to(self.time_embed[0].weight.dtype)
+        kv = {m.attn2: m.attn2.context_kv(context) for m in self.modules() if isinstance(m, BasicTransformerBlock3D)}
+        return PreparedContext(context, kv)
+
+    def _to_layout(self, h: torch.Tensor) -> torch.Tensor:
+        """``h`` (N, C, H, W) in the layout :attr:`memory_format` chooses for its shape (a copy only on a change)."""
+        mode = self.memory_format
+        if mode == "auto":
+            n, c, height, width = h.shape
+            channels_last = h.device.type == "cpu" and n * height * width >= 9 * c
+        else:
+            channels_last = mode == "channels_last"
+        if channels_last:
+            return h if h.is_contiguous(memory_format=torch.channels_last) else h.contiguous(
+                memory_format=torch.channels_last)
+        return h.contiguous()
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float,
+                context: torch.Tensor | PreparedContext | None = None, camera: torch.Tensor | None = None,
+                num_frames: int = 1) -> torch.Tensor:
         t, context, camera = self._check_inputs(x, timesteps, context, camera, num_frames)
         dtype = self.time_embed[0].weight.dtype
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
         if camera is not None:
             emb = emb + self.camera_embed(camera.to(dtype))
-        if context is not None:
+        if isinstance(context, torch.Tensor):
             context = context.to(dtype)
         ckpt = self.config.use_checkpoint and self.training
         h = x.to(dtype)
+        # The blocks' layers run from here rather than through TimestepEmbedSequential.forward so that each
+        # layer's input is released as soon as the next layer has it (a caller's reference would keep it), and
+        # each gets its input in the layout chosen for its shape (_to_layout: changes only between resolutions).
         skips = []
         for block in self.input_blocks:
-            h = block(h, emb, context, num_frames, ckpt)
+            for layer in block:
+                h = _run_layer(layer, self._to_layout(h), emb, context, num_frames, ckpt)
             skips.append(h)
-        h = self.middle_block(h, emb, context, num_frames, ckpt)
+        for layer in self.middle_block:
+            h = _run_layer(layer, self._to_layout(h), emb, context, num_frames, ckpt)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, num_frames, ckpt)
-        return self.out(h).to(x.dtype)
+            h = torch.cat([h, skips.pop()], dim=1)
+            for layer in block:
+                h = _run_layer(layer, self._to_layout(h), emb, context, num_frames, ckpt)
+        return self.out(self._to_layout(h)).to(x.dtype).contiguous()

@@ -95,6 +95,7 @@ class _ScoreDistillation(nn.Module):
         self.anneal_steps = int(anneal_steps)
         self.dtype = dtype
         self._text_cache: dict[str, Tensor] = {}
+        self._context_cache: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------------ text
     def _embed(self, text: str) -> Tensor:
@@ -116,8 +117,28 @@ class _ScoreDistillation(nn.Module):
         """(context (B, L, D), camera (B, 16) or None, num_frames) for B cameras."""
         raise NotImplementedError
 
+    def _context_key(self, prompt: str) -> Any:
+        """A key under which the UNet context of ``prompt`` can be reused from step to step, or None when the
+        context depends on more than the prompt (and the batch size)."""
+        return None
+
+    def _unet_context(self, context: Tensor, uncond: Tensor | None, key: Any) -> Any:
+        """The UNet's ``context`` for ``(uncond, cond)`` stacked (or ``context`` alone without ``uncond``). With a
+        ``key`` and no autocast it is a :class:`~mvdream3d.models.attention.PreparedContext`, made once and reused:
+        the cross-attention keys and values of a fixed prompt are the same at every step (call under no_grad)."""
+        both = context if uncond is None else torch.cat([uncond, context])
+        unet = self.model.unet
+        if key is None or (self.dtype or self.model.dtype) != self.model.dtype or not hasattr(unet, "prepare_context"):
+            return both
+        full_key = (key, uncond is None, tuple(both.shape), both.device, self.model.dtype)
+        if full_key not in self._context_cache:
+            if len(self._context_cache) >= 4:  # a run uses one or two (batch sizes); keep the memory bounded
+                self._context_cache.clear()
+            self._context_cache[full_key] = unet.prepare_context(both)
+        return self._context_cache[full_key]
+
     # ------------------------------------------------------------------ diffusion
-    def _unet(self, x: Tensor, t: Tensor, context: Tensor, camera: Tensor | None, num_frames: int) -> Tensor:
+    def _unet(self, x: Tensor, t: Tensor, context: Any, camera: Tensor | None, num_frames: int) -> Tensor:
         unet = self.model.unet
         run_dtype = self.dtype or self.model.dtype
         if run_dtype == self.model.dtype:  # the UNet casts its inputs to its own dtype
@@ -157,13 +178,14 @@ class _ScoreDistillation(nn.Module):
             x_t = sched.q_sample(z32.detach(), tt, noise)
             uncond = self.encode_prompt(prompt)["uncond"].expand(b, -1, -1)
             use_cfg = self.guidance_scale != 1.0
+            key = self._context_key(prompt)
             if use_cfg:
                 cam2 = None if camera is None else torch.cat([camera, camera])
-                out_u, out_c = self._unet(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([uncond, context]),
-                                          cam2, num_frames).chunk(2)
+                out_u, out_c = self._unet(torch.cat([x_t, x_t]), torch.cat([tt, tt]),
+                                          self._unet_context(context, uncond, key), cam2, num_frames).chunk(2)
                 out = out_u + self.guidance_scale * (out_c - out_u)
             else:
-                out_c = out = self._unet(x_t, tt, context, camera, num_frames)
+                out_c = out = self._unet(x_t, tt, self._unet_context(context, None, key), camera, num_frames)
             x0_hat = sched.to_x0(out, x_t, tt)
             if self.loss_type == "sds":
                 w = 1.0 - sched.alphas_cumprod[t].item()
@@ -217,6 +239,9 @@ class MultiViewGuidance(_ScoreDistillation):
                              "model use Guidance2D")
         super().__init__(model, guidance_scale, negative_prompt, loss_type, recon_std_rescale, n_view,
                          latent_render_size, t_range_start, t_range_end, anneal_steps, dtype)
+
+    def _context_key(self, prompt: str) -> Any:
+        return prompt  # the same text for every view: the context only depends on the prompt and batch size
 
     def _conditioning(self, c2w: Tensor, prompt: str) -> tuple[Tensor, Tensor | None, int]:
         b = c2w.shape[0]

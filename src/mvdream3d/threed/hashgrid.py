@@ -19,10 +19,11 @@ level (dense and hashed levels differ); the lookup and the blend then run for al
 
 Memory and speed: points are encoded ``chunk_size`` (default 32768) at a time, so transient buffers stay
 small (~0.3 kB per level per point of a chunk) and in cache. Under autograd the tensors the backward
-pass needs (corner indices, gathered features, partial blends: ~0.2 kB per level per point) are kept for
-*every* point: 1M points (4 views x 64x64 rays x 64 samples) with 16 levels hold about 3 GB until
-backward; each chunk's backward also adds one table-sized gradient (F x entries floats, 50 MB for the
-2^19 table). Render fewer rays or samples per step, or use fewer levels, when memory is short.
+pass needs (corner indices, stored as int32 when the table allows; gathered features; partial blends:
+~0.15 kB per level per point) are kept for *every* point: 1M points (4 views x 64x64 rays x 64 samples)
+with 16 levels hold about 2.5 GB until backward; each chunk's backward also adds one table-sized gradient
+(F x entries floats, 50 MB for the 2^19 table). Render fewer rays or samples per step, or use fewer
+levels, when memory is short.
 """
 
 from __future__ import annotations
@@ -35,6 +36,29 @@ from torch import Tensor, nn
 __all__ = ["HashGridEncoding"]
 
 _PRIMES = (1, 2654435761, 805459861)
+
+
+class _GatherColumns(torch.autograd.Function):
+    """``table.index_select(1, index)`` for a compact (int32) ``index``: autograd keeps the int32 index, and the
+    backward scatters with an int64 copy made only then (PyTorch's backward for an int32 index takes a path
+    about 25x slower on CPU). The gradient is the one ``index_select`` gives; its backward is differentiable."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, table: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.table_shape = table.shape
+        return table.index_select(1, index)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        return torch.ops.aten.index_select_backward(grad, ctx.table_shape, 1, index.long()), None
+
+
+def _gather_columns(table: Tensor, index: Tensor) -> Tensor:
+    if index.dtype == torch.int64:
+        return table.index_select(1, index)
+    return _GatherColumns.apply(table, index)
 
 
 class HashGridEncoding(nn.Module):
@@ -73,6 +97,9 @@ class HashGridEncoding(nn.Module):
         self.level_sizes = sizes
         self.level_offsets = [sum(sizes[:i]) for i in range(n_levels)]
 
+        # Corner indices are computed in int64 (the hash's products overflow int32) and stored in int32 when
+        # every table index fits: they are the largest tensors autograd keeps for the backward pass.
+        self._index_dtype = torch.int32 if sum(sizes) < 2**31 else torch.int64
         self.table = nn.Parameter(torch.empty(n_features_per_level, sum(sizes)).uniform_(-init_scale, init_scale))
 
     def extra_repr(self) -> str:
@@ -102,11 +129,17 @@ class HashGridEncoding(nn.Module):
     def _encode(self, x: Tensor) -> Tensor:
         xt = x.t().contiguous()  # (3, N)
         n = xt.shape[1]
-        indices, fracs = zip(*(self._corners(xt, level) for level in range(self.n_levels)), strict=True)
-        index = torch.stack(indices)  # (L, 2, 2, 2, N)
+        # (L, 2, 2, 2, N), int32 where the table allows: kept for the backward pass, half of int64's memory.
+        # Each level's int64 indices are converted while being written in place (no stack, no extra pass).
+        index = torch.empty((self.n_levels, 2, 2, 2, n), dtype=self._index_dtype, device=xt.device)
+        fracs = []
+        for level in range(self.n_levels):
+            level_index, frac = self._corners(xt, level)
+            index[level].copy_(level_index)
+            fracs.append(frac)
         fx, fy, fz = torch.stack(fracs).unbind(1)  # (L, N) each
         # One lookup for all levels: its backward is a single scatter into one table-sized gradient.
-        feats = self.table.index_select(1, index.view(-1)).view(self.n_features_per_level, self.n_levels, 2, 2, 2, n)
+        feats = _gather_columns(self.table, index.view(-1)).view(self.n_features_per_level, self.n_levels, 2, 2, 2, n)
         # unbind, not indexing: the backward of feats[:, :, 0] would zero-fill a full-size gradient.
         feats = torch.lerp(*feats.unbind(2), fx[:, None, None, :])  # (F, L, 2, 2, N)
         feats = torch.lerp(*feats.unbind(2), fy[:, None, :])  # (F, L, 2, N)
@@ -130,4 +163,4 @@ class HashGridEncoding(nn.Module):
         terms = torch.stack([near, near + axis_scale], dim=1)  # (3, 2, N)
         tx, ty, tz = terms[0][:, None, None], terms[1][None, :, None], terms[2][None, None, :]
         index = (tx ^ ty ^ tz) & (self.table_size - 1) if self.hashed[level] else tx + ty + tz
-        return index + self.level_offsets[level], frac
+        return index.add_(self.level_offsets[level]), frac

@@ -134,6 +134,10 @@ class TextTo3D:
         if bg_params:
             groups.append({"params": bg_params, "lr": o.lr_background})
         self.optimizer = torch.optim.AdamW(groups, betas=tuple(o.betas), eps=o.eps, weight_decay=0.0)
+        # What the backward pass differentiates for: without this list autograd also computes gradients for the
+        # sample points the analytic normals differentiate through (leaves that require grad, used by nothing),
+        # a quarter of the backward's time with the builtin config; the parameters' gradients are bitwise the same.
+        self._trainable = [p for g in groups for p in g["params"] if p.requires_grad]
         self.generator = torch.Generator().manual_seed(o.seed)
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -200,7 +204,7 @@ class TextTo3D:
             loss = loss + lw.lambda_z_variance * zvar
             terms["loss_z_variance"] = float(zvar.detach())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(inputs=self._trainable)
         self.optimizer.step()
         t3 = time.perf_counter()
         if not math.isfinite(float(loss.detach())):
