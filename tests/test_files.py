@@ -10,6 +10,7 @@ import stat
 import pytest
 
 from mvdream3d.files import (
+    atomic_write,
     atomic_write_bytes,
     atomic_write_text,
     backup_path,
@@ -54,6 +55,22 @@ def test_atomic_write_bytes_gives_the_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # not the 0600 of a temporary file
+
+
+def test_atomic_write_renames_a_complete_file_and_leaves_the_old_one_on_an_error(tmp_path):
+    path = tmp_path / "clip.mp4"
+    with atomic_write(path, suffix=path.suffix) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".clip.mp4.") and tmp.suffix == ".mp4"
+        assert not path.exists()  # nothing at the target until the block ends
+        tmp.write_bytes(b"new")
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    with pytest.raises(RuntimeError, match="writer failed"), atomic_write(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer failed")
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
 
 
 def _folder(path, text):

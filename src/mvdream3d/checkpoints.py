@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError
+from .files import atomic_write
 
 if TYPE_CHECKING:  # torch is imported where a tensor is read or written: `mvdream3d --help` stays light
     import torch
@@ -124,23 +124,17 @@ def write_checkpoint(path: str | os.PathLike, state: Mapping[str, torch.Tensor],
     if not os.access(path.parent, os.W_OK):
         raise PermissionError(f"cannot write to {path.parent}: directory is not writable")
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             meta = {CONFIG_METADATA_KEY: json.dumps(config)} if config is not None else None
-            save_file(_unshare(state), tmp, metadata=meta)
+            save_file(_unshare(state), str(tmp), metadata=meta)
         else:
             obj: dict[str, Any] = {"state_dict": state}
             if config is not None:
                 obj[CONFIG_METADATA_KEY] = json.dumps(config)
             torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoints import CheckpointError, read_safetensors_header
+from .files import OutputDirError, replace_dir
 
 if TYPE_CHECKING:
     import torch
@@ -416,20 +417,6 @@ def _write_text_encoder(model: MVDreamModel, tmp: Path, dtype: torch.dtype | Non
     raise ValueError(f"the text encoder {type(enc).__name__} has no diffusers layout")
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` to ``out`` (replacing an earlier diffusers folder there)."""
-    old = None
-    if out.exists():
-        if any(out.iterdir()):
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        else:
-            out.rmdir()
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_diffusers(model: MVDreamModel, out: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` as a diffusers folder at ``out`` (see the module docstring); floating-point weights in
     ``dtype`` (None: as they are). The folder is built beside ``out`` and moved into place when complete;
@@ -440,8 +427,6 @@ def save_diffusers(model: MVDreamModel, out: str | os.PathLike, dtype: torch.dty
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_diffusers_folder(out))):
-        from .files import OutputDirError
-
         raise OutputDirError(f"{out} exists and is not a diffusers folder: choose a new (or empty) folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     version = diffusers.__version__
@@ -476,7 +461,7 @@ def save_diffusers(model: MVDreamModel, out: str | os.PathLike, dtype: torch.dty
             "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": te_entry, "tokenizer": tok_entry,
             "unet": [UNET_LIBRARY, UNET_CLASS], "vae": vae_entry})
         _write_json(tmp / EXTRA_FILE, {"format": EXTRA_FORMAT, "config": model.config})
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)  # an earlier diffusers folder there stays until the new one is in place
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -4,11 +4,12 @@ checkpoint a resume starts from)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import OutputDirError
@@ -38,21 +39,31 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file beside it and a rename: a reader (or a run killed
-    mid-write) sees the old file or the new one, never half of it. The file gets the usual permissions (0666
-    less the umask; a temporary file alone would be 0600). Returns the path."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """The one temp-file-then-rename write: yields a temporary path beside ``path`` (``.NAME.XXXXXXXX`` +
+    ``suffix``; pass ``path``'s suffix for writers that choose the format by the file's ending) for the block
+    to write; when the block ends without an error the file gets the usual permissions (0666 less the umask;
+    a temporary file alone would be 0600) and is renamed over ``path``, so a reader (or a run killed
+    mid-write) sees the old file or the new one, never half of it. On an error the temporary is removed and
+    ``path`` is untouched. The parent folder must exist."""
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), _FILE_MODE)
+        yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return p
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_write`. Returns the path."""
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 import zlib
@@ -46,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import ensure_writable_dir
+from ..files import atomic_write_bytes, ensure_writable_dir
 
 __all__ = [
     "ASSET_EXTENSIONS",
@@ -616,29 +615,6 @@ def _shared_renderer(size: int) -> Renderer:
     return r
 
 
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _file_mode()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _atomic_save_png(path: Path, image: np.ndarray) -> None:
     import io
 
@@ -646,7 +622,7 @@ def _atomic_save_png(path: Path, image: np.ndarray) -> None:
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=4)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _clean_temp_files(out_dir: Path) -> None:
@@ -811,7 +787,7 @@ def render_asset(
     }
     if extra_meta:
         meta.update(dict(extra_meta))
-    _atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
+    atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
     return meta
 
 

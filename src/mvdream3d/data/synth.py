@@ -51,9 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from ..files import ensure_writable_dir
+from ..files import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from .render import (
-    _atomic_write_bytes,
     _print_warnings_plainly,
     _shared_renderer,
     render_assets,
@@ -405,10 +404,6 @@ def make_image_sample(
 # --------------------------------------------------------------------------------------------------
 
 
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
@@ -473,7 +468,7 @@ def write_feature_masks(multiview_dir: str | os.PathLike, rows: Sequence[dict], 
             lit = feature_pixels(renderer.render(mesh, np.asarray(v["c2w"], np.float64), float(v["fov_deg"])))
             buf = io.BytesIO()
             Image.fromarray((lit * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
-            _atomic_write_bytes(folder / feature_mask_name(v["file"]), buf.getvalue())
+            atomic_write_bytes(folder / feature_mask_name(v["file"]), buf.getvalue())
             written += 1
     return written
 
@@ -570,7 +565,7 @@ def generate_world(
                 f"{root} holds a synthetic world made with a different recipe (see {world_path}); "
                 "use another output directory"
             )
-    _write_text(world_path, json.dumps(dict(recipe, complete=False), indent=1))
+    atomic_write_text(world_path, json.dumps(dict(recipe, complete=False), indent=1))
     t0 = time.perf_counter()
 
     # 3D assets
@@ -584,12 +579,12 @@ def generate_world(
         aid = f"asset_{i:05d}"
         ply = assets_dir / f"{aid}.ply"
         if not ply.is_file():
-            _atomic_write_bytes(ply, mesh.export(file_type="ply"))
-        _write_text(assets_dir / f"{aid}.txt", caption + "\n")
+            atomic_write_bytes(ply, mesh.export(file_type="ply"))
+        atomic_write_text(assets_dir / f"{aid}.txt", caption + "\n")
         rows.append({"id": aid, "file": f"{aid}.ply", "caption": caption, "attributes": attributes})
         paths.append(ply)
         extra[str(ply)] = {"attributes": attributes, "id": aid}
-    _write_text(assets_dir / "attributes.jsonl", _jsonl(rows))
+    atomic_write_text(assets_dir / "attributes.jsonl", _jsonl(rows))
 
     # multi-view renders of the 3D assets
     mv = {"rendered": [], "skipped": [], "failed": {}}
@@ -623,10 +618,10 @@ def generate_world(
 
             buf = io.BytesIO()
             Image.fromarray(rgb).save(buf, format="PNG")
-            _atomic_write_bytes(png, buf.getvalue())
-        _write_text(img_dir / f"{iid}.txt", caption + "\n")
+            atomic_write_bytes(png, buf.getvalue())
+        atomic_write_text(img_dir / f"{iid}.txt", caption + "\n")
         rows2.append({"file": f"{iid}.png", "caption": caption, "attributes": attributes})
-    _write_text(img_dir / "captions.jsonl", _jsonl(rows2))
+    atomic_write_text(img_dir / "captions.jsonl", _jsonl(rows2))
 
     world = dict(
         recipe,
@@ -637,7 +632,7 @@ def generate_world(
         },
         seconds=round(time.perf_counter() - t0, 2),
     )
-    _write_text(world_path, json.dumps(world, indent=1))
+    atomic_write_text(world_path, json.dumps(world, indent=1))
     return world
 
 

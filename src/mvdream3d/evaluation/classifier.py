@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import synth
+from ..files import atomic_write, atomic_write_text
 
 __all__ = [
     "AZIMUTH_BINS",
@@ -557,14 +558,10 @@ def save_classifier(path: str | os.PathLike, model: ViewClassifier, card: dict |
     _check_writable_file(path)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": json.dumps(_config_dict(model.config))}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata=meta)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     if card is not None:
-        path.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+        atomic_write_text(path.with_suffix(".json"), json.dumps(card, indent=1) + "\n")
     return path
 
 

@@ -7,15 +7,14 @@ silhouette (a pixel is occupied when the density grid exceeds the threshold some
 best matches ``opacity > 0.5`` (intersection over union). Among equally good thresholds (a plateau, for
 a field with a sharp boundary) the geometric middle of the plateau is taken.
 
-Files are written atomically (temporary file beside the target, then ``os.replace``).
+Files are written atomically (:func:`mvdream3d.files.atomic_write`: a temporary file beside the target, then a
+rename).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from skimage.measure import marching_cubes
 from torch import Tensor, nn
 
 from ..cameras import camera_distance_for_fov, fov_to_focal, get_rays, orbit_azimuths, orbit_c2w
+from ..files import atomic_write, atomic_write_bytes, atomic_write_text
 from .background import SolidBackground
 from .material import DiffuseMaterial
 from .renderer import VolumeRenderer, eval_mode, render_views
@@ -317,25 +317,6 @@ def mesh_field_iou(
     return float((field & mesh_masks).sum()) / union if union else 1.0
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path`` (same suffix) and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_bytes(data: bytes) -> Callable[[str], None]:
-    return lambda tmp: Path(tmp).write_bytes(data)
-
-
 def save_mesh(mesh: trimesh.Trimesh, out_dir: str | os.PathLike, stem: str = "mesh") -> dict[str, Path]:
     """Write ``<stem>.glb`` and ``<stem>.obj`` (both with vertex colours) into ``out_dir``.
 
@@ -344,9 +325,9 @@ def save_mesh(mesh: trimesh.Trimesh, out_dir: str | os.PathLike, stem: str = "me
     """
     out = Path(out_dir)
     paths = {"glb": out / f"{stem}.glb", "obj": out / f"{stem}.obj"}
-    _atomic_write(paths["glb"], _write_bytes(mesh.export(file_type="glb")))
-    obj_text = trimesh.exchange.obj.export_obj(mesh, include_color=True, include_texture=False)
-    _atomic_write(paths["obj"], _write_bytes(obj_text.encode("utf-8")))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(paths["glb"], mesh.export(file_type="glb"))
+    atomic_write_text(paths["obj"], trimesh.exchange.obj.export_obj(mesh, include_color=True, include_texture=False))
     return paths
 
 
@@ -420,9 +401,12 @@ def save_video(frames: np.ndarray, path_mp4: str | os.PathLike | None, path_gif:
                     writer.append_data(frame)
 
         written["mp4"] = Path(path_mp4)
-        _atomic_write(written["mp4"], write_mp4)
+        written["mp4"].parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(written["mp4"], suffix=".mp4") as tmp:  # ffmpeg picks the container by the ending
+            write_mp4(str(tmp))
     if path_gif is not None:
         written["gif"] = Path(path_gif)
-        _atomic_write(written["gif"], lambda tmp: iio.imwrite(tmp, frames, extension=".gif",
-                                                              duration=1000.0 / fps, loop=0))
+        written["gif"].parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(written["gif"], suffix=".gif") as tmp:
+            iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
     return written

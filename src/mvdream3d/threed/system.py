@@ -38,7 +38,14 @@ from safetensors.torch import load_file, save_file
 
 from ..cameras import get_rays
 from ..devices import resolve_device
-from ..files import ensure_writable_dir, remove_stale_temporaries, replace_dir, truncate_jsonl
+from ..files import (
+    atomic_write,
+    atomic_write_text,
+    ensure_writable_dir,
+    remove_stale_temporaries,
+    replace_dir,
+    truncate_jsonl,
+)
 from ..models.loading import resolve_model
 from ..models.model import MVDreamModel
 from ..signals import StopOnSignal
@@ -63,7 +70,7 @@ StepCallback = Callable[[dict[str, Any]], None]
 StageCallback = Callable[[str, int, int, Callable[[], torch.Tensor] | None], None]
 CHECKPOINT = Path("checkpoints") / "latest"
 # temporaries of this module's atomic writes (checkpoint, summary.json, views / progress, mesh and video)
-STALE_IN_CHECKPOINTS, STALE_IN_OUT = (".tmp_*",), ("summary.json.tmp", "views.tmp.png", "progress.tmp.png",
+STALE_IN_CHECKPOINTS, STALE_IN_OUT = (".tmp_*",), (".summary.json.*", ".views.png.*", ".progress.png.*",
                                                    ".mesh.*", ".turntable.*")
 
 
@@ -80,12 +87,6 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 class TextTo3D:
@@ -274,9 +275,8 @@ class TextTo3D:
 
         views = self.render_fixed_views(size)
         grid = image_grid(to_pil(views.permute(0, 3, 1, 2) * 2 - 1), rows=1)
-        tmp = path.with_name(path.stem + ".tmp.png")
-        grid.save(tmp)
-        os.replace(tmp, path)
+        with atomic_write(path, suffix=".png") as tmp:
+            grid.save(tmp)
         return path
 
 
@@ -460,8 +460,9 @@ def text_to_3d(
         files["curves"] = str(curves)
     stage("curves", 1, 1)
     timings["total_loop"] = time.perf_counter() - t_start
-    _atomic_json(out / "summary.json", {"prompt": run.prompt, "steps_done": run.step, "finished": finished,
-                                        "timings_s": timings, "files": files, "config": cfg.to_dict()})
+    summary = {"prompt": run.prompt, "steps_done": run.step, "finished": finished, "timings_s": timings, "files": files,
+               "config": cfg.to_dict()}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     if not finished:
         print(f"stopped at step {run.step}; checkpoint saved. Continue with --resume (same --out)")
     return TextTo3DResult(out=out, steps_done=run.step, finished=finished, files=files, timings=timings)

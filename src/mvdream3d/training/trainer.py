@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import read_checkpoint, split_state_dict, write_checkpoint
 from ..devices import resolve_mixed_precision
-from ..files import remove_stale_temporaries, truncate_jsonl
+from ..files import remove_stale_temporaries, replace_dir, truncate_jsonl
 from ..models.loading import checkpoint_path, read_autoencoder
 from ..models.model import MVDreamModel, build_model, load_model, resolve_config
 from ..signals import StopOnSignal
@@ -108,7 +108,7 @@ def init_model(cfg: TrainConfig) -> MVDreamModel:
 
 class Checkpointer:
     """Atomic training checkpoints under ``out/checkpoints/step_XXXXXXX`` (temp dir ``.tmp_step_*``, then
-    rename)."""
+    :func:`mvdream3d.files.replace_dir`)."""
 
     TMP_PREFIX = ".tmp_step_"
 
@@ -117,8 +117,11 @@ class Checkpointer:
         self.keep = keep
 
     def remove_stale(self) -> list[Path]:
-        """Remove the temporary folders of checkpoint writes that a kill interrupted (call before training)."""
-        return remove_stale_temporaries(self.root, [f"{self.TMP_PREFIX}*"])
+        """Remove the temporary folders of checkpoint writes that a kill interrupted (call before training);
+        a checkpoint that a kill left only as its :func:`replace_dir` backup is put back."""
+        backups = self.root.glob(".step_*.old") if self.root.is_dir() else []
+        return remove_stale_temporaries(self.root, [f"{self.TMP_PREFIX}*"],
+                                        restore=[self.root / b.name[1:-len(".old")] for b in backups])
 
     def latest(self) -> Path | None:
         if not self.root.is_dir():
@@ -141,9 +144,7 @@ class Checkpointer:
                     "ema": ema.state_dict() if ema is not None else None,
                     "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=1))  # written last: marks completeness
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
         for old in sorted(p for p in self.root.glob("step_*") if p.is_dir())[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final

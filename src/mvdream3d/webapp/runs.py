@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
+
 KINDS = ("generate", "text-to-3d", "dreambooth")
 RUN_FILE = "run.json"
 _NAME = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}(-[a-z0-9-]{1,40})?$")
@@ -80,9 +82,7 @@ def update_run(run: Run, **fields: Any) -> Run:
 
 
 def _write(run: Run) -> None:
-    tmp = run.dir / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps(run.info, indent=1, default=str))
-    os.replace(tmp, run.dir / RUN_FILE)
+    atomic_write_text(run.dir / RUN_FILE, json.dumps(run.info, indent=1, default=str))
 
 
 def _read(folder: Path, kind: str) -> Run | None:
