@@ -66,6 +66,15 @@ def rescale_guidance(guided: torch.Tensor, cond_out: torch.Tensor, phi: float) -
     return phi * rescaled + (1.0 - phi) * guided
 
 
+def cfg_combine(out_u: torch.Tensor, out_c: torch.Tensor, scale: float, rescale: float = 0.0) -> torch.Tensor:
+    """Classifier-free guidance, the one place it is written: ``out_u + scale * (out_c - out_u)`` from the
+    unconditional and conditional model outputs (same shape, (N, C, H, W)), then with ``rescale`` > 0 the
+    guidance rescale of :func:`rescale_guidance`. Used by the samplers (:func:`cfg_denoiser`) and by the
+    3D guidance (:mod:`mvdream3d.threed.guidance`)."""
+    guided = out_u + scale * (out_c - out_u)
+    return rescale_guidance(guided, out_c, rescale) if rescale > 0 else guided
+
+
 def cfg_denoiser(unet: nn.Module, cond: Mapping[str, Any], uncond: Mapping[str, Any] | None,
                  num_frames: int, guidance_scale: float, guidance_rescale: float = 0.0) -> Denoiser:
     """A denoiser that runs ``unet`` with classifier-free guidance.
@@ -111,8 +120,7 @@ def cfg_denoiser(unet: nn.Module, cond: Mapping[str, Any], uncond: Mapping[str, 
             return unet(x, t, context=ctx, camera=cam, num_frames=num_frames)
         out_u, out_c = unet(torch.cat([x, x]), torch.cat([t, t]), context=ctx, camera=cam,
                             num_frames=num_frames).chunk(2)
-        guided = out_u + guidance_scale * (out_c - out_u)
-        return rescale_guidance(guided, out_c, guidance_rescale) if guidance_rescale > 0 else guided
+        return cfg_combine(out_u, out_c, guidance_scale, guidance_rescale)
 
     return denoise
 

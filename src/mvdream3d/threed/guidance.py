@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cameras import c2w_to_model_camera
+from ..diffusion.sampling import cfg_combine
 from ..models.model import MVDreamModel
 from .camera_sampler import azimuth_elevation_from_c2w, view_direction_text
 
@@ -183,7 +184,7 @@ class _ScoreDistillation(nn.Module):
                 cam2 = None if camera is None else torch.cat([camera, camera])
                 out_u, out_c = self._unet(torch.cat([x_t, x_t]), torch.cat([tt, tt]),
                                           self._unet_context(context, uncond, key), cam2, num_frames).chunk(2)
-                out = out_u + self.guidance_scale * (out_c - out_u)
+                out = cfg_combine(out_u, out_c, self.guidance_scale)
             else:
                 out_c = out = self._unet(x_t, tt, self._unet_context(context, None, key), camera, num_frames)
             x0_hat = sched.to_x0(out, x_t, tt)
