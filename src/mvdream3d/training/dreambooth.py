@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..devices import resolve_device
+from ..diffusion.loss import diffusion_loss
 from ..files import ensure_writable_dir, remove_stale_temporaries, replace_dir
 from ..models.loading import resolve_model
 from ..models.model import MVDreamModel
@@ -371,7 +372,7 @@ def dreambooth(
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 pred = mdl.unet(schedule.q_sample(x0, t, noise).to(mdl.dtype), t, context=ctx, camera=None,
                                 num_frames=1)
-            diffusion = F.mse_loss(pred.float(), schedule.training_target(x0, t, noise).float())
+            diffusion = diffusion_loss(pred, schedule, x0, t, noise)
             pres = _lora_preservation(mdl.unet) if params0 is None else preservation_loss(params, params0)
             loss = diffusion + cfg.lambda_preservation * pres
             optimizer.zero_grad(set_to_none=True)

@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
 from ..checkpoints import read_checkpoint, split_state_dict, write_checkpoint
 from ..devices import resolve_mixed_precision
+from ..diffusion.loss import diffusion_loss
+from ..diffusion.loss import min_snr_weights as min_snr_weights  # public here too
 from ..files import remove_stale_temporaries, replace_dir, truncate_jsonl
 from ..models.loading import checkpoint_path, read_autoencoder
 from ..models.model import MVDreamModel, build_model, load_model, resolve_config
@@ -392,7 +393,6 @@ def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict
     t = torch.randint(0, schedule.num_timesteps, (b,), generator=g).repeat_interleave(f).to(device)
     noise = torch.randn(x0.shape, generator=g).to(device, x0.dtype)
     x_t = schedule.q_sample(x0, t, noise)
-    target = schedule.training_target(x0, t, noise)
     camera = batch.get("cameras")
     camera = camera.to(device) if camera is not None and model.unet.has_camera else None
     if context is not None:
@@ -400,19 +400,8 @@ def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict
     pred = unet(x_t, t, context=context, camera=camera, num_frames=f)
     weight = feature_weight_at(cfg.train, step)
     masks = batch.get("feature_weights") if weight > 0 else None
-    if cfg.train.min_snr_gamma <= 0 and masks is None:
-        return F.mse_loss(pred.float(), target.float())
-    sq = (pred.float() - target.float()).square()
-    if masks is not None:
-        m = masks.to(sq.device, torch.float32)[:, None]
-        if m.shape[-2:] != sq.shape[-2:]:  # latent models: the mask's coverage of each latent pixel
-            m = F.interpolate(m, size=sq.shape[-2:], mode="area")
-        sq = sq * (1.0 + weight * m)
-    per_sample = sq.flatten(1).mean(1)
-    if cfg.train.min_snr_gamma <= 0:
-        return per_sample.mean()
-    weights = min_snr_weights(schedule, t, cfg.train.min_snr_gamma).to(per_sample.device)
-    return (weights * per_sample).mean()
+    return diffusion_loss(pred, schedule, x0, t, noise, masks=masks, mask_weight=weight,
+                          min_snr_gamma=cfg.train.min_snr_gamma)
 
 
 def lr_factor(t: TrainSection, step: int) -> float:
@@ -431,17 +420,6 @@ def lr_factor(t: TrainSection, step: int) -> float:
     frac = min(1.0, (step + 1 - start) / max(1, t.steps - start))
     decay = 1.0 - frac if t.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
     return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * decay
-
-
-def min_snr_weights(schedule: Any, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma weights per sample: min(SNR, gamma) / SNR for eps targets and
-    min(SNR, gamma) / (SNR + 1) for v targets, SNR = a_t / (1 - a_t). Down-weights the easy low-noise
-    steps, which speeds up convergence (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting")."""
-    a = schedule.alphas_cumprod.to(t.device)[t.long()].double()
-    snr = a / (1 - a)
-    clipped = torch.clamp(snr, max=gamma)
-    w = clipped / (snr + 1) if schedule.prediction_type == "v" else clipped / snr
-    return w.float()
 
 
 def _tensorboard(out: Path, purge_step: int | None = None):
