@@ -27,8 +27,8 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..config_core import ConfigError, apply_overrides, check, parse_section
 from ..devices import resolve_device
 from ..diffusion.loss import diffusion_loss
 from ..files import ensure_writable_dir, remove_stale_temporaries, replace_dir
@@ -59,12 +60,13 @@ from .lora import (
 from .trainer import step_generator
 
 __all__ = ["DreamBoothConfig", "DreamBoothResult", "DreamBoothWarning", "check_token", "dreambooth",
-           "estimate_memory", "load_subject_images", "preservation_loss"]
+           "dreambooth_overrides", "estimate_memory", "load_subject_images", "preservation_loss"]
 
 TRAIN_MODES = ("full", "attention", "lora")
 DEFAULT_LR = {"full": 5e-5, "attention": 1e-4, "lora": 1e-3}
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_TMP = f".{CHECKPOINT_DIR}.tmp"
+SECTION = "dreambooth"  # the config core's name for DreamBoothConfig's keys in messages and overrides
 
 
 class DreamBoothWarning(UserWarning):
@@ -73,7 +75,12 @@ class DreamBoothWarning(UserWarning):
 
 @dataclass
 class DreamBoothConfig:
-    """Settings of a DreamBooth run (defaults suit the built-in 32 px model on a CPU: a few minutes at most)."""
+    """Settings of a DreamBooth run (defaults suit the built-in 32 px model on a CPU: a few minutes at most).
+
+    Built from a mapping of its fields by :meth:`from_dict` through the config core
+    (:mod:`mvdream3d.config_core`): an unknown key, or a value of the wrong type or range, is a
+    :class:`~mvdream3d.errors.ConfigError` naming ``dreambooth.KEY``; ``KEY=VALUE`` strings (``--set``) become
+    fields with :func:`dreambooth_overrides`."""
 
     token: str = "sks"
     class_word: str = ""
@@ -99,20 +106,43 @@ class DreamBoothConfig:
     memory_check: bool = True
     base_model: str | None = None  # recorded in lora.safetensors; needed only when the model is passed as an object
 
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> DreamBoothConfig:
+        """The validated config of the fields in ``raw`` (None: the defaults); ConfigError naming the key of an
+        unknown field or a bad value. ``lora_targets`` may be a list (as YAML gives it)."""
+        cfg = parse_section(cls, dict(raw) if raw is not None else None, SECTION)
+        if isinstance(cfg.lora_targets, list):
+            cfg.lora_targets = tuple(cfg.lora_targets)
+        cfg.validate()
+        return cfg
+
+    def merged(self, settings: Mapping[str, Any]) -> DreamBoothConfig:
+        """A validated copy with ``settings`` (field -> value) applied, through :meth:`from_dict`."""
+        return DreamBoothConfig.from_dict({**asdict(self), **settings})
+
     def validate(self) -> None:
-        if self.train not in TRAIN_MODES:
-            raise ValueError(f"train must be one of {', '.join(TRAIN_MODES)}, got {self.train!r}")
+        """ConfigError (a ValueError) naming ``dreambooth.KEY`` for a value out of its range or of the wrong type
+        in the fields whose default is None."""
+        key = f"{SECTION}."
+        check(self.train in TRAIN_MODES, key + "train", f"must be one of {', '.join(TRAIN_MODES)}", self.train)
         for name in ("steps", "batch_size", "lora_rank", "sample_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.lambda_preservation >= 0:
-            raise ValueError(f"lambda_preservation must be >= 0, got {self.lambda_preservation}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}")
+            check(int(getattr(self, name)) >= 1, key + name, "must be >= 1", getattr(self, name))
+        for name in ("lr", "lora_alpha"):
+            v = getattr(self, name)
+            check(v is None or (isinstance(v, int | float) and not isinstance(v, bool)), key + name,
+                  "must be a number (or null: the default)", v)
+        check(self.image_size is None or (isinstance(self.image_size, int) and not isinstance(self.image_size, bool)),
+              key + "image_size", "must be a whole number of pixels (or null: the model's size)", self.image_size)
+        check(self.base_model is None or isinstance(self.base_model, str), key + "base_model",
+              "must be a model name or path (or null)", self.base_model)
+        check(isinstance(self.lora_targets, tuple | list) and all(isinstance(t, str) for t in self.lora_targets),
+              key + "lora_targets", "must be a list of module names", self.lora_targets)
+        check(self.lr is None or self.lr > 0, key + "lr", "must be > 0", self.lr)
+        check(self.lambda_preservation >= 0, key + "lambda_preservation", "must be >= 0", self.lambda_preservation)
+        check(self.mixed_precision in ("no", "bf16", "fp16"), key + "mixed_precision", "must be no, bf16 or fp16",
+              self.mixed_precision)
+        check(self.image_size is None or self.image_size >= 8, key + "image_size", "must be >= 8 pixels",
+              self.image_size)
 
     @property
     def learning_rate(self) -> float:
@@ -139,6 +169,25 @@ class DreamBoothResult:
     warnings: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+def dreambooth_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--set``; ``dreambooth.KEY=VALUE`` too; values read as YAML) -> the
+    :class:`DreamBoothConfig` fields they set, through the config core's ``apply_overrides``. Checked at once:
+    ConfigError naming an unknown key or a bad value."""
+    lines = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix(f"{SECTION}.")
+        if not sep or not key or "." in key:
+            raise ConfigError(f"override {item!r} must look like KEY=VALUE with KEY a DreamBooth setting, "
+                              f"e.g. steps=100")
+        lines.append(f"{SECTION}.{key}={value}")
+    raw: dict[str, Any] = {}
+    apply_overrides(raw, lines)
+    settings = raw.get(SECTION, {})
+    DreamBoothConfig.from_dict(settings)  # unknown keys, types and ranges fail here, before any work
+    return settings
 
 
 def preservation_loss(params: Sequence[torch.Tensor], params0: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -286,14 +335,8 @@ def dreambooth(
     Raises ValueError (bad settings or inputs, an estimate above the free memory), FileNotFoundError,
     OutputDirError.
     """
-    known = {f.name for f in fields(DreamBoothConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown DreamBooth settings {unknown}; known: {', '.join(sorted(known))}")
-    cfg = replace(cfg or DreamBoothConfig(), **overrides)
-    cfg = replace(cfg, token=token if token is not None else cfg.token,
-                  class_word=class_word if class_word is not None else cfg.class_word)
-    cfg.validate()
+    named = {k: v for k, v in (("token", token), ("class_word", class_word)) if v is not None}
+    cfg = (cfg or DreamBoothConfig()).merged({**overrides, **named})  # the config core: ConfigError naming a key
     if cfg.train == "lora":
         from ..extras import require
 

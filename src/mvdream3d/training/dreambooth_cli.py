@@ -10,7 +10,7 @@ import warnings
 
 
 def cmd_dreambooth(args: argparse.Namespace) -> int:
-    from .dreambooth import DreamBoothConfig, DreamBoothWarning, dreambooth
+    from .dreambooth import DreamBoothConfig, DreamBoothWarning, dreambooth, dreambooth_overrides
 
     overrides = {k: v for k, v in {
         "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "lambda_preservation": args.lambda_,
@@ -18,8 +18,9 @@ def cmd_dreambooth(args: argparse.Namespace) -> int:
         "seed": args.seed, "mixed_precision": args.mixed_precision, "device": args.device,
         "sample_steps": args.sample_steps, "sample_guidance": args.guidance, "checkpoint_every": args.checkpoint_every,
     }.items() if v is not None}
-    cfg = DreamBoothConfig(flip=not args.no_flip, gradient_checkpointing=args.gradient_checkpointing,
-                           memory_check=not args.no_memory_check, **overrides)
+    cfg = DreamBoothConfig.from_dict({"flip": not args.no_flip, "gradient_checkpointing": args.gradient_checkpointing,
+                                      "memory_check": not args.no_memory_check, **overrides,
+                                      **dreambooth_overrides(args.set)})
     with warnings.catch_warnings():
         warnings.simplefilter("always", DreamBoothWarning)
         warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
@@ -65,6 +66,9 @@ def add_dreambooth_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-steps", type=int, default=None, help="sampling steps of grid.png (default 30)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale of grid.png (default 5)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="resumable checkpoint every N steps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any DreamBoothConfig field, e.g. --set lora_targets=[to_q,to_v] --set grad_clip=0.5 "
+                        "(repeatable; values read as YAML; applied after the options above)")
     p.add_argument("--resume", action="store_true", help="continue the stopped run in --out")
     p.add_argument("--no-memory-check", action="store_true", help="start even if the memory estimate is too high")
     p.add_argument("--no-progress", action="store_true")

@@ -6,29 +6,23 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import MissingExtraError
+from ..errors import ConfigError, MissingExtraError
 
 INSTALL_HINT = 'the web app needs gradio: pip install "mvdream3d[ui]"'
 
 
 def parse_dreambooth_settings(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings (values read as YAML) -> DreamBoothConfig fields; ValueError for unknown keys."""
+    """``KEY=VALUE`` strings (values read as YAML) -> DreamBoothConfig fields, through the config core
+    (:func:`mvdream3d.training.dreambooth.dreambooth_overrides`); ConfigError (a ValueError) naming an unknown
+    key or a bad value."""
     if not items:
         return {}
-    import dataclasses
+    from ..training.dreambooth import dreambooth_overrides
 
-    import yaml
-
-    from ..training.dreambooth import DreamBoothConfig
-
-    known = {f.name for f in dataclasses.fields(DreamBoothConfig)}
-    settings = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key.strip() not in known:
-            raise ValueError(f"--dreambooth-set {item!r}: expected KEY=VALUE, KEY one of {', '.join(sorted(known))}")
-        settings[key.strip()] = yaml.safe_load(value)
-    return settings
+    try:
+        return dreambooth_overrides(items)
+    except ConfigError as e:
+        raise ConfigError(f"--dreambooth-set: {e}") from e
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
