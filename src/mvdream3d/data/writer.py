@@ -12,7 +12,7 @@ import sys
 import tempfile
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,30 +289,8 @@ def render_assets(
     if "caption" in kw and kw["caption"] is not None and len(assets) > 1:
         warnings.warn("one caption given for several assets: all get the same caption", stacklevel=2)
     seed = int(kw.pop("seed", 0))
-    # validate the arguments once, before starting any work
-    _check_range("elevation_range", kw.get("elevation_range", (0, 30)))
-    _check_range("fov_range", kw.get("fov_range", (15, 60)), 0.0, 180.0)
-    _check_range("distance_range", kw.get("distance_range", (0.9, 1.1)), 0.0)
-    for name in ("num_views", "size"):
-        if name in kw and int(kw[name]) < 1:
-            raise ValueError(f"{name} must be >= 1, got {kw[name]}")
-
-    tasks = []
-    used: dict[str, int] = {}
-    for p in assets:
-        name = p.stem
-        if name in used:  # same stem in two folders
-            used[name] += 1
-            name = f"{name}_{used[p.stem]}"
-            warnings.warn(f"two assets are named {p.stem!r}: {p} goes to {name}/", AssetWarning, stacklevel=2)
-        else:
-            used[name] = 1
-        task_kw = dict(kw, seed=_asset_seed(seed, name))
-        if extra_meta:
-            em = extra_meta.get(str(p), extra_meta.get(p.stem))
-            if em:
-                task_kw["extra_meta"] = dict(em)
-        tasks.append((str(p), str(out / name), task_kw))
+    _check_render_settings(kw)  # once, before starting any work
+    tasks = _render_tasks(assets, out, seed, kw, extra_meta)
 
     result: dict[str, Any] = {"rendered": [], "skipped": [], "failed": {}, "out": str(out)}
     bar = tqdm(total=len(tasks), desc="render", unit="asset", disable=not progress, file=sys.stderr)
@@ -322,7 +300,7 @@ def render_assets(
         path, status, msg = res
         if status == "failed":
             result["failed"][path] = msg
-            warnings.warn(f"skipping asset {path}: {msg}", AssetWarning, stacklevel=3)
+            warnings.warn(f"skipping asset {path}: {msg}", AssetWarning, stacklevel=4)  # the caller of render_assets
         else:
             result[status].append(dirs[path])
         bar.update(1)
@@ -333,38 +311,75 @@ def render_assets(
             record((t[0], "skipped", ""))
         else:
             todo.append(t)
-    tasks = todo
     try:
-        if not tasks:
-            pass
-        elif workers == 1 or len(tasks) == 1:
-            for t in tasks:
-                record(_render_task(t))
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-            from concurrent.futures.process import BrokenProcessPool
-
-            # spawn: a fresh interpreter per worker (no GL state or torch threads inherited by fork)
-            n = min(workers, len(tasks))
-            threads = max(1, (os.cpu_count() or 1) // n)
-            with ProcessPoolExecutor(
-                n, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
-            ) as ex:
-                futures = [ex.submit(_render_task, t) for t in tasks]
-                try:
-                    for fut in as_completed(futures):
-                        record(fut.result())
-                except BrokenProcessPool as e:
-                    for fut in futures:
-                        fut.cancel()
-                    raise RuntimeError(
-                        "a render worker process died (out of memory, or a crash in the GL driver?); "
-                        "assets finished so far are kept, run again to resume, or use workers=1"
-                    ) from e
+        _run_render_tasks(todo, workers, record)
     finally:
         bar.close()
     if result["failed"] and not result["rendered"] and not result["skipped"]:
         first = next(iter(result["failed"].items()))
         raise ValueError(f"no asset could be rendered ({len(result['failed'])} failed); {first[0]}: {first[1]}")
     return result
+
+
+def _check_render_settings(kw: Mapping[str, Any]) -> None:
+    """The ranges and counts of ``render_asset``'s keyword arguments (its defaults where absent)."""
+    _check_range("elevation_range", kw.get("elevation_range", (0, 30)))
+    _check_range("fov_range", kw.get("fov_range", (15, 60)), 0.0, 180.0)
+    _check_range("distance_range", kw.get("distance_range", (0.9, 1.1)), 0.0)
+    for name in ("num_views", "size"):
+        if name in kw and int(kw[name]) < 1:
+            raise ValueError(f"{name} must be >= 1, got {kw[name]}")
+
+
+def _render_tasks(assets: list[Path], out: Path, seed: int, kw: Mapping[str, Any],
+                  extra_meta: Mapping[str, Mapping[str, Any]] | None) -> list[tuple[str, str, dict]]:
+    """(asset path, output folder, render_asset keyword arguments) per asset: folder ``out/<stem>`` (a stem
+    seen before gets ``_2``, ``_3``... with a warning) and a per-asset seed."""
+    tasks = []
+    used: dict[str, int] = {}
+    for p in assets:
+        name = p.stem
+        if name in used:  # same stem in two folders
+            used[name] += 1
+            name = f"{name}_{used[p.stem]}"
+            warnings.warn(f"two assets are named {p.stem!r}: {p} goes to {name}/", AssetWarning, stacklevel=3)
+        else:
+            used[name] = 1
+        task_kw = dict(kw, seed=_asset_seed(seed, name))
+        if extra_meta:
+            em = extra_meta.get(str(p), extra_meta.get(p.stem))
+            if em:
+                task_kw["extra_meta"] = dict(em)
+        tasks.append((str(p), str(out / name), task_kw))
+    return tasks
+
+
+def _run_render_tasks(tasks: list[tuple[str, str, dict]], workers: int,
+                      record: Callable[[tuple[str, str, str]], None]) -> None:
+    """Render ``tasks`` in this process, or in ``workers`` spawned processes; ``record`` gets each outcome."""
+    if not tasks:
+        return
+    if workers == 1 or len(tasks) == 1:
+        for t in tasks:
+            record(_render_task(t))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn: a fresh interpreter per worker (no GL state or torch threads inherited by fork)
+    n = min(workers, len(tasks))
+    threads = max(1, (os.cpu_count() or 1) // n)
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as ex:
+        futures = [ex.submit(_render_task, t) for t in tasks]
+        try:
+            for fut in as_completed(futures):
+                record(fut.result())
+        except BrokenProcessPool as e:
+            for fut in futures:
+                fut.cancel()
+            raise RuntimeError(
+                "a render worker process died (out of memory, or a crash in the GL driver?); "
+                "assets finished so far are kept, run again to resume, or use workers=1"
+            ) from e
