@@ -583,11 +583,7 @@ def _sample_grid(model: MVDreamModel, unet: torch.nn.Module, ema: Any, cfg: Trai
 
 
 def _finish(model: MVDreamModel, unet: torch.nn.Module, ema: Any, out: Path, accel: Any) -> None:
-    """Write the final model (EMA weights) and record a parameter checksum per rank (sync check)."""
-    from accelerate.utils import gather_object
-
-    checksum = float(sum(p.detach().double().sum().item() * (i + 1) for i, p in enumerate(unet.parameters())))
-    sums = gather_object([checksum]) if accel.num_processes > 1 else [checksum]
+    """Write the final model (EMA weights; rank 0)."""
     if not accel.is_main_process:
         return
     if ema is not None:
@@ -597,9 +593,7 @@ def _finish(model: MVDreamModel, unet: torch.nn.Module, ema: Any, out: Path, acc
     write_checkpoint(out / "model.safetensors", model.ldm_state_dict(), model.config)
     if ema is not None:
         ema.restore(unet.parameters())
-    in_sync = all(math.isclose(s, sums[0], rel_tol=0, abs_tol=0) for s in sums)
-    (out / "final.json").write_text(json.dumps({"rank_param_checksums": sums, "ranks_in_sync": in_sync}))
-    accel.print(f"final model: {out / 'model.safetensors'} (ranks in sync: {in_sync})")
+    accel.print(f"final model: {out / 'model.safetensors'}")
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, use_ema: bool = True) -> Path:
