@@ -52,13 +52,9 @@ from typing import Any
 import numpy as np
 
 from ..files import ensure_writable_dir
-from .render import (
-    _atomic_write_bytes,
-    _print_warnings_plainly,
-    _shared_renderer,
-    render_assets,
-    view_distance,
-)
+from .gl_renderer import _shared_renderer
+from .render import _print_warnings_plainly
+from .writer import _atomic_write_bytes, render_assets, view_distance
 
 __all__ = [
     "COLORS",
