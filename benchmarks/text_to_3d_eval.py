@@ -37,134 +37,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# the verdict itself lives in the package (mvdream3d.evaluation.janus); this script only drives it
+from mvdream3d.evaluation.janus import (
+    chamfer,
+    front_orientation,
+    fronts_verdict,
+    ground_truth_mesh,
+    measure_mesh,
+    mesh_views,
+    smooth_visible,
+    view_verdicts,
+)
+
 DEFAULT_PROMPTS = [
     "a red cube with a yellow nose", "a blue sphere with an orange horn", "a green cylinder with a white nose",
 ]
-
-
-FRONT_GAIN_MIN = 0.03  # see front_orientation
-
-
-def count_fronts(visible: np.ndarray) -> int:
-    """Separate circular runs of True in ``visible`` (views in azimuth order around the object).
-
-    A feature seen from every azimuth is one run, but it is also seen from the back: see :func:`fronts_verdict`.
-    """
-    v = np.asarray(visible, bool)
-    if v.all():
-        return 1
-    if not v.any():
-        return 0
-    return int(np.sum(v & ~np.roll(v, 1)))
-
-
-def smooth_visible(visible: np.ndarray) -> np.ndarray:
-    """Circular majority vote over each view and its two neighbours (views 10 degrees apart).
-
-    A one-view flip is the classifier's noise, not a face: a real front is seen over an arc of about
-    20 views, and a second face would be too. The vote removes single-view flips both ways (a lone
-    "hidden" view inside an arc, a lone "seen" view outside one) and leaves runs of 2 or more views alone.
-    """
-    v = np.asarray(visible, bool)
-    if len(v) < 3:
-        return v
-    return (v.astype(int) + np.roll(v, 1) + np.roll(v, -1)) >= 2
-
-
-def fronts_verdict(visible: np.ndarray) -> dict:
-    """``fronts`` (arcs in which the front feature is seen), ``everywhere`` (seen from every azimuth, i.e.
-    also from the back) and ``janus``: more than one front, or a front seen from all around. A true single
-    front is hidden from the back (the ground-truth renders hide it over about a quarter of the turn).
-    ``one_front`` also asks that the one arc be the front: seen from azimuth 0, hidden from azimuth 180
-    (``visible`` starts at azimuth 0 and goes round evenly). The per-view verdicts are first smoothed by
-    :func:`smooth_visible`."""
-    v = smooth_visible(visible)
-    fronts = count_fronts(v)
-    everywhere = bool(v.all())
-    at_front = bool(len(v) and v[0] and not v[len(v) // 2])
-    return {"fronts": fronts, "everywhere": everywhere, "janus": fronts > 1 or everywhere,
-            "one_front": fronts == 1 and not everywhere and at_front}
-
-
-def _normalised_points(mesh, n: int = 2000, seed: int = 0) -> np.ndarray:
-    import trimesh
-
-    pts, _ = trimesh.sample.sample_surface(mesh, n, seed=seed)
-    lo, hi = mesh.bounds
-    return (pts - (lo + hi) / 2) / np.linalg.norm(hi - lo)
-
-
-def chamfer(mesh_a, mesh_b) -> float:
-    from scipy.spatial import cKDTree
-
-    a, b = _normalised_points(mesh_a), _normalised_points(mesh_b)
-    return float(cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean())
-
-
-def front_orientation(mesh, gt_mesh, step_deg: float = 10.0) -> dict:
-    """Where the mesh's front is, by geometry alone: the Chamfer distance to the ground-truth mesh turned
-    about the vertical axis by each azimuth (every ``step_deg``), both normalised as in :func:`chamfer`.
-
-    The body shapes are symmetric about the vertical axis (sphere, cylinder) or under quarter turns (cube),
-    so only the feature makes one turn fit better than the others. ``best_azimuth`` is the best-fitting
-    turn (0 = the feature on +z, the front); ``front_gain`` = Chamfer at 180 minus Chamfer at 0, positive
-    when the mesh has its feature at the front and not at the back (a Janus object with the feature at the
-    front and the back, or an object without it, gives about 0). ``front_right``: the best turn within 30
-    degrees of 0 and a gain of at least ``FRONT_GAIN_MIN`` (meshes without a feature gave gains up to 0.012;
-    the ground-truth meshes give 0.10 for the nose and 0.19 for the horn). Unlike the classifier it ignores
-    colour, so it sees a feature grown as geometry only.
-    """
-    from scipy.spatial import cKDTree
-
-    a, b0 = _normalised_points(mesh), _normalised_points(gt_mesh)
-    tree_a = cKDTree(a)
-    azimuths = np.arange(0.0, 360.0, step_deg)
-    profile = []
-    for az in np.radians(azimuths):
-        # turn the normalised points (not the mesh): a turned cube's bounding box would change its scale
-        c, s = np.cos(az), np.sin(az)
-        b = b0 @ np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
-        profile.append(float(cKDTree(b).query(a)[0].mean() + tree_a.query(b)[0].mean()))
-    profile = np.asarray(profile)
-    best = float(azimuths[int(np.argmin(profile))])
-    best = best - 360.0 if best > 180.0 else best
-    back = int(round(180.0 / step_deg))
-    gain = float(profile[back] - profile[0])
-    return {"best_azimuth": best, "front_gain": round(gain, 4),
-            "front_right": abs(best) <= 30.0 and gain >= FRONT_GAIN_MIN, "profile": [round(x, 4) for x in profile]}
-
-
-def _verdict(views: np.ndarray, classifier, prompt) -> dict:
-    """Classify views in azimuth order (V, H, W, 3 uint8): prompt right in the 4 fixed views (azimuth
-    0/90/180/270: shape and colour), and per view whether the front feature is seen."""
-    from mvdream3d.evaluation.classifier import to_input_array
-
-    pred = classifier.predict(to_input_array(views, classifier.input_size))
-    n = len(views)
-    a = prompt.attributes
-    ok = [pred["shape_name"][i] == a["shape"] and pred["color_name"][i] == a["color"]
-          for i in (0, n // 4, n // 2, 3 * n // 4)]
-    return {"prompt_ok": bool(all(ok)), "views_ok": int(sum(ok)), "visible": [bool(x) for x in pred["visible"]]}
-
-
-def _mesh_views(mesh, n_azimuths: int = 36, size: int = 64) -> np.ndarray:
-    """Renders of a mesh by the world's rasteriser, as the ground truth is rendered (elevation 15, the
-    pipeline's field of view, the world recipe's distance), at ``n_azimuths`` azimuths."""
-    from mvdream3d.cameras import DEFAULT_FOVY_DEG
-    from mvdream3d.data.render import Renderer
-    from mvdream3d.evaluation.classifier import render_views
-
-    az = list(np.arange(n_azimuths) * (360.0 / n_azimuths))
-    with Renderer(size) as renderer:
-        return render_views(renderer, mesh, [15.0] * n_azimuths, az, [DEFAULT_FOVY_DEG] * n_azimuths)
-
-
-def ground_truth_mesh(prompt):
-    """The prompt's ground-truth mesh (open attributes drawn with seed 0)."""
-    from mvdream3d.data import synth
-    from mvdream3d.evaluation.evaluate import fill_open_attributes
-
-    return synth.build_mesh(fill_open_attributes(prompt.attributes, np.random.default_rng(0)))
 
 
 def measure_field(run, classifier, prompt, n_azimuths: int = 36, size: int = 64) -> dict:
@@ -176,29 +63,16 @@ def measure_field(run, classifier, prompt, n_azimuths: int = 36, size: int = 64)
     dist = camera_distance_for_fov(e.fovy, run.cfg.geometry.radius * 0.9)
     c2w = orbit_c2w(torch.full_like(az, e.elevation), az, torch.full_like(az, float(dist))).float()
     rgb = render_views(run.geometry, run.material, run.background, run.renderer, c2w, e.fovy, size)["comp_rgb"]
-    v = _verdict((rgb.clamp(0, 1) * 255).round().byte().cpu().numpy(), classifier, prompt)
+    v = view_verdicts((rgb.clamp(0, 1) * 255).round().byte().cpu().numpy(), classifier, prompt)
     return {**fronts_verdict(v["visible"]), **v}
-
-
-def measure_mesh(mesh, gt_mesh, classifier, prompt, n_azimuths: int = 36, size: int = 64) -> dict:
-    """The verdict on the exported mesh, rendered exactly like the ground-truth row: the mesh is moved and
-    scaled so that its bounding box has the ground-truth mesh's centre and diagonal, then rendered by the
-    world's rasteriser at 36 azimuths (elevation 15). Unlike the field renders it has no semi-transparent
-    haze (floaters are removed at export), which the classifier can read as a feature from every side."""
-    m = mesh.copy()
-    lo, hi = m.bounds
-    glo, ghi = gt_mesh.bounds
-    m.apply_translation(-(lo + hi) / 2)
-    m.apply_scale(float(np.linalg.norm(ghi - glo) / max(np.linalg.norm(hi - lo), 1e-9)))
-    m.apply_translation((glo + ghi) / 2)
-    return _verdict(_mesh_views(m, n_azimuths, size), classifier, prompt)
 
 
 def ground_truth_row(prompt, classifier, n_azimuths: int = 36, size: int = 64) -> dict:
     """The ceiling: the same verdict on renders of the prompt's ground-truth mesh (36 azimuths, elevation 15)."""
     gt = ground_truth_mesh(prompt)
     return {"prompt": prompt.text, "method": "ground truth", "seed": None, "seconds": 0.0, "chamfer": 0.0,
-            "orientation": front_orientation(gt, gt), **_verdict(_mesh_views(gt, n_azimuths, size), classifier, prompt)}
+            "orientation": front_orientation(gt, gt),
+            **view_verdicts(mesh_views(gt, n_azimuths, size), classifier, prompt)}
 
 
 def _mean(xs: list, digits: int = 2) -> str:

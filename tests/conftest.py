@@ -1,14 +1,20 @@
-"""Shared fixtures: tiny random configs and the location of ../shared."""
+"""Shared fixtures: tiny random configs, the published-model reference data and the location of ../shared."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SPEC = SHARED / "spec"
+# copies of the small files of SPEC, always present (tests/fixtures/README.md)
+FIXTURE_SPEC = Path(__file__).resolve().parent / "fixtures" / "spec"
 
 # A tiny SD-1.5-shaped multi-view UNet: 2 levels, attention at both, 4 heads.
 TINY_UNET = dict(
@@ -33,6 +39,27 @@ def tiny_unet():
 
     torch.manual_seed(0)
     return perturb(MultiViewUNet.from_config(TINY_UNET)).eval()
+
+
+# Set to 1 by .ci/run, which installs the system packages: a renderer (EGL / Mesa) or browser (Chromium,
+# chromedriver, selenium, gradio) test that would skip for want of them fails instead.
+REQUIRE_GL = "MVDREAM3D_REQUIRE_GL"
+REQUIRE_BROWSER = "MVDREAM3D_REQUIRE_BROWSER"
+
+
+def skip_unless_required(flag: str, reason: str) -> NoReturn:
+    """Skip the test for ``reason`` (something it needs is missing), or fail it when the environment
+    variable ``flag`` is 1: the machine is meant to have what is missing."""
+    if os.environ.get(flag) == "1":
+        pytest.fail(f"{reason}; {flag}=1 says this machine has it (.ci/run installs it), so this fails, not skips")
+    pytest.skip(reason)
+
+
+def reference_json(name: str) -> dict:
+    """A published-model reference file (``cameras.json``, ``full_keys_sd21.json``, ``full_keys_sd15.json``)
+    from the copies in tests/fixtures/spec."""
+    with gzip.open(FIXTURE_SPEC / f"{name}.gz", "rt", encoding="utf-8") as f:
+        return json.load(f)
 
 
 def spec_or_skip(name: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import REQUIRE_GL, skip_unless_required
 
 from mvdream3d.evaluation.binding import binding_cases, feature_binding, format_binding_table
 
@@ -13,7 +14,7 @@ def cases():
     try:
         return binding_cases(2, seed=0, size=16)
     except RuntimeError as err:  # no EGL / Mesa on this machine
-        pytest.skip(f"no headless OpenGL: {err}")
+        skip_unless_required(REQUIRE_GL, f"no headless OpenGL: {err}")
 
 
 def test_cases_have_feature_weights_and_opposite_cameras(cases):

@@ -1,27 +1,22 @@
 """Tests for mvdream3d.cameras: reference values of the published camera functions and conventions."""
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import reference_json
 
 from mvdream3d import cameras as C
-
-SPEC_PATH = Path(__file__).resolve().parents[1].parent / "shared/spec/cameras.json"
 
 
 @pytest.fixture(scope="module")
 def spec() -> dict:
-    if not SPEC_PATH.is_file():
-        pytest.skip(f"reference spec not found: {SPEC_PATH}")
-    return json.loads(SPEC_PATH.read_text())
+    return reference_json("cameras.json")
 
 
 # ----------------------------------------------------------------------------------------------
-# reference values (shared/spec/cameras.json)
+# reference values (shared/spec/cameras.json, copied to tests/fixtures/spec)
 # ----------------------------------------------------------------------------------------------
 
 

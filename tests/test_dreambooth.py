@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import REQUIRE_GL, skip_unless_required
 from PIL import Image
 from test_training import TINY_PIXEL_MODEL
 
@@ -279,7 +280,7 @@ def test_images_from_a_render_output_folder(tmp_path):
     try:
         R.Renderer(32).release()
     except RuntimeError as e:  # no EGL / Mesa on this machine
-        pytest.skip(f"no headless OpenGL: {e}")
+        skip_unless_required(REQUIRE_GL, f"no headless OpenGL: {e}")
     mesh = tmp_path / "toy.obj"
     trimesh.creation.box(extents=(1.0, 0.6, 0.4)).export(mesh)
     assert main(["render", str(mesh), "--out", str(tmp_path / "r"), "--views", "3", "--size", "32"]) == 0

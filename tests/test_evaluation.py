@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REQUIRE_GL, skip_unless_required
 
 from mvdream3d.data import synth as S
 from mvdream3d.evaluation import classifier as C
@@ -41,7 +42,7 @@ def renderer():
     try:
         r = Renderer(32)
     except RuntimeError as e:  # no EGL / Mesa on this machine
-        pytest.skip(f"no headless OpenGL: {e}")
+        skip_unless_required(REQUIRE_GL, f"no headless OpenGL: {e}")
     yield r
     r.release()
 

@@ -1,4 +1,5 @@
-"""The Janus verdict of benchmarks/text_to_3d_eval.py: arcs of views that see the front feature."""
+"""The Janus verdict (mvdream3d.evaluation.janus): arcs of views that see the front feature; and the
+benchmark that drives it on text-to-3D runs (benchmarks/text_to_3d_eval.py: merging runs, the figure)."""
 
 import importlib.util
 from pathlib import Path
@@ -6,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mvdream3d.evaluation import janus as J
+
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "text_to_3d_eval.py"
 
 
 @pytest.fixture(scope="module")
 def ev():
+    """The benchmark script (not a package module): only its own driver code is tested through it."""
     spec = importlib.util.spec_from_file_location("_text_to_3d_eval", _PATH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -23,64 +27,64 @@ def _arc(n, start, length):
     return v
 
 
-def test_one_arc_hidden_from_the_back_is_one_front(ev):
+def test_one_arc_hidden_from_the_back_is_one_front():
     v = _arc(36, 26, 20)  # seen from azimuth 260 round to 90, as the ground truth is
-    assert ev.fronts_verdict(v) == {"fronts": 1, "everywhere": False, "janus": False, "one_front": True}
+    assert J.fronts_verdict(v) == {"fronts": 1, "everywhere": False, "janus": False, "one_front": True}
 
 
-def test_two_faces_are_janus(ev):
+def test_two_faces_are_janus():
     v = _arc(36, 32, 8) | _arc(36, 14, 8)
-    out = ev.fronts_verdict(v)
+    out = J.fronts_verdict(v)
     assert out["fronts"] == 2 and out["janus"] and not out["one_front"]
 
 
-def test_seen_from_all_round_is_janus(ev):
-    out = ev.fronts_verdict(np.ones(36, bool))
+def test_seen_from_all_round_is_janus():
+    out = J.fronts_verdict(np.ones(36, bool))
     assert out["everywhere"] and out["janus"] and not out["one_front"]
-    assert ev.fronts_verdict(np.zeros(36, bool))["fronts"] == 0
+    assert J.fronts_verdict(np.zeros(36, bool))["fronts"] == 0
 
 
-def test_single_view_flips_are_noise_both_ways(ev):
+def test_single_view_flips_are_noise_both_ways():
     v = _arc(36, 26, 20)
     hole = v.copy()
     hole[30] = False  # one "hidden" view inside the arc
-    assert ev.fronts_verdict(hole)["one_front"]
+    assert J.fronts_verdict(hole)["one_front"]
     speck = v.copy()
     speck[15] = True  # one "seen" view at the back
-    assert ev.fronts_verdict(speck)["one_front"]
+    assert J.fronts_verdict(speck)["one_front"]
     almost_all = np.ones(36, bool)
     almost_all[18] = False  # all round but one view: still seen from the back
-    assert ev.fronts_verdict(almost_all)["everywhere"]
+    assert J.fronts_verdict(almost_all)["everywhere"]
     # two views are a run, not noise
     second = v.copy()
     second[14:16] = True
-    assert ev.fronts_verdict(second)["fronts"] == 2
+    assert J.fronts_verdict(second)["fronts"] == 2
 
 
-def test_smoothing_keeps_runs_of_two(ev):
+def test_smoothing_keeps_runs_of_two():
     v = _arc(36, 5, 2)
-    assert np.array_equal(ev.smooth_visible(v), v)
+    assert np.array_equal(J.smooth_visible(v), v)
 
 
-def test_front_orientation_finds_the_front_by_geometry(ev):
+def test_front_orientation_finds_the_front_by_geometry():
     import trimesh
 
     from mvdream3d.evaluation.prompts import load_prompts
 
-    gt = ev.ground_truth_mesh(load_prompts(["a blue sphere with an orange horn"])[0])
-    own = ev.front_orientation(gt, gt)
+    gt = J.ground_truth_mesh(load_prompts(["a blue sphere with an orange horn"])[0])
+    own = J.front_orientation(gt, gt)
     assert own["best_azimuth"] == 0.0 and own["front_right"] and own["front_gain"] > 0.1
     turned = gt.copy()
     turned.apply_transform(trimesh.transformations.rotation_matrix(np.pi, [0, 1, 0]))  # horn at the back
-    back = ev.front_orientation(turned, gt)
+    back = J.front_orientation(turned, gt)
     assert abs(back["best_azimuth"]) == 180.0 and not back["front_right"] and back["front_gain"] < -0.1
     body = trimesh.creation.icosphere(subdivisions=3, radius=0.4)  # no feature: no front
-    assert not ev.front_orientation(body, gt)["front_right"]
+    assert not J.front_orientation(body, gt)["front_right"]
 
 
-def test_one_front_must_be_the_front(ev):
+def test_one_front_must_be_the_front():
     back_only = _arc(36, 10, 16)  # one arc round the back: one "front", in the wrong place
-    out = ev.fronts_verdict(back_only)
+    out = J.fronts_verdict(back_only)
     assert out["fronts"] == 1 and not out["janus"] and not out["one_front"]
 
 
@@ -137,3 +141,9 @@ def test_turntables_figure_has_a_labelled_row_of_frames_per_run(ev, tmp_path):
     assert seed0[:, 24:48, 0].mean() > 240 and seed0[:, 48:72, 0].mean() < 60  # frames in azimuth order
     assert (img[:14] < 128).any()  # the label is drawn
     assert ev.turntables_figure(tmp_path / "empty", rows[:1]) is None
+
+
+def test_the_benchmark_drives_the_package_verdict(ev):
+    """One home: the benchmark judges with the package's functions, it has no verdict of its own."""
+    for name in ("fronts_verdict", "smooth_visible", "front_orientation", "measure_mesh", "ground_truth_mesh"):
+        assert getattr(ev, name) is getattr(J, name), name

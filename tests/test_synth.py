@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REQUIRE_GL, skip_unless_required
 from PIL import Image
 
 from mvdream3d import cameras
@@ -20,7 +21,7 @@ def renderer():
     try:
         r = R.Renderer(64)
     except RuntimeError as e:  # no EGL / Mesa on this machine
-        pytest.skip(f"no headless OpenGL: {e}")
+        skip_unless_required(REQUIRE_GL, f"no headless OpenGL: {e}")
     yield r
     r.release()
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_UNET, perturb, spec_or_skip
+from conftest import TINY_UNET, perturb, reference_json, spec_or_skip
 
 from mvdream3d import MultiViewUNet
 from mvdream3d.models.attention import PreparedContext, naive_attention, sdpa_attention, set_attention_backend
@@ -193,7 +193,7 @@ def test_unknown_config_key_is_named():
 
 @pytest.mark.parametrize("name", ["sd21", "sd15"])
 def test_full_configs_match_published_keys(name):
-    spec = json.loads(spec_or_skip(f"full_keys_{name}.json").read_text())
+    spec = reference_json(f"full_keys_{name}.json")
     params = spec["config"]["model"]["params"]["unet_config"]["params"]
     with torch.device("meta"):
         m = MultiViewUNet.from_config(params)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import reference_json
 from torch import nn
 
 from mvdream3d.models.vae import AutoencoderKLWrapper, diffusers_to_ldm, ldm_to_diffusers, load_vae
 
-SPEC_DIR = Path(__file__).parents[1] / "../shared/spec"
 PREFIX = "first_stage_model."
 TINY = {
     "embed_dim": 4,
@@ -48,10 +45,7 @@ def tiny() -> AutoencoderKLWrapper:
 
 @pytest.mark.parametrize("name", ["full_keys_sd21.json", "full_keys_sd15.json"])
 def test_full_keys_match_spec(name: str) -> None:
-    path = SPEC_DIR / name
-    if not path.exists():
-        pytest.skip(f"spec {path} not available")
-    spec = json.loads(path.read_text())
+    spec = reference_json(name)
     params = spec["config"]["model"]["params"]["first_stage_config"]["params"]
     want = {k[len(PREFIX) :]: tuple(v["shape"]) for k, v in spec["keys"].items() if k.startswith(PREFIX)}
     with torch.device("meta"):

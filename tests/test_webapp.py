@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REQUIRE_BROWSER, skip_unless_required
 
 from mvdream3d.cli import main
 
@@ -94,9 +95,16 @@ def _stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _require_gradio() -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError as e:
+        skip_unless_required(REQUIRE_BROWSER, f'the web app needs the ui extra: pip install -e ".[dev,ui]" ({e})')
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Server:
-    pytest.importorskip("gradio", reason='the web app needs the ui extra: pip install -e ".[dev,ui]"')
+    _require_gradio()
     base = tmp_path_factory.mktemp("webapp")
     proc, srv = _start_server(base / "out", base / "server.log")
     try:
@@ -107,11 +115,14 @@ def server(tmp_path_factory) -> Server:
 
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser tests need selenium (dev extra)")
+    try:
+        from selenium import webdriver
+    except ImportError as e:
+        skip_unless_required(REQUIRE_BROWSER, f"the browser tests need selenium (dev extra): {e}")
     binary = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
     driver_path = shutil.which("chromedriver")
     if binary is None or driver_path is None:
-        pytest.skip(BROWSER_HINT)
+        skip_unless_required(REQUIRE_BROWSER, BROWSER_HINT)
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -938,7 +949,7 @@ def test_example_prompts_are_captions_of_the_builtin_world():
 
 @pytest.fixture
 def tiny_handlers(tmp_path):
-    pytest.importorskip("gradio", reason='the web app needs the ui extra: pip install -e ".[dev,ui]"')
+    _require_gradio()
     from mvdream3d.webapp.handlers import Handlers
     from mvdream3d.webapp.models import ModelRegistry
 

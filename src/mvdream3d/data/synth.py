@@ -52,12 +52,9 @@ from typing import Any
 import numpy as np
 
 from ..files import atomic_write_bytes, atomic_write_text, ensure_writable_dir
-from .render import (
-    _print_warnings_plainly,
-    _shared_renderer,
-    render_assets,
-    view_distance,
-)
+from .gl_renderer import _shared_renderer
+from .render import _print_warnings_plainly
+from .writer import render_assets, view_distance
 
 __all__ = [
     "COLORS",

@@ -4,6 +4,7 @@
   off a view (``mvdream3d train-classifier``; a trained one ships with the package).
 * :mod:`.prompts`: the held-out prompt set and a parser from captions back to attributes.
 * :mod:`.metrics`: prompt accuracy, cross-view consistency, camera adherence, Janus rate, Frechet distance.
+* :mod:`.janus`: the Janus verdict of a 3D object (arcs of views all round it that see the front feature).
 * :mod:`.evaluate`: ``mvdream3d evaluate``: generate, classify, compare with the ground-truth ceiling, report.
 """
 

@@ -228,54 +228,19 @@ def evaluate(
         OutputDirError (a PermissionError and ValueError): an unusable ``out``.
     """
     t0 = time.perf_counter()
-    if ground_truth and model is not None:
-        raise ValueError("give either MODEL or --ground-truth, not both")
-    if not ground_truth and model is None:
-        raise ValueError("give a MODEL to evaluate (a name or checkpoint path, e.g. tiny-random) or --ground-truth")
-    num_objects = int(num_objects)
-    size = int(size) if size is not None else (64 if ground_truth else None)
-    if num_objects < 1:
-        raise ValueError(f"--num-objects must be >= 1, got {num_objects}")
-    if steps is not None and int(steps) < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
-    if size is not None and size < 8:
-        raise ValueError(f"--size must be >= 8 pixels, got {size}")
-    if guidance is not None and not math.isfinite(float(guidance)):
-        raise ValueError(f"--guidance must be a number, got {guidance}")
-    if guidance_rescale is not None and not 0.0 <= float(guidance_rescale) <= 1.0:
-        raise ValueError(f"--guidance-rescale must be in [0, 1], got {guidance_rescale}")
-    for c in held_out_colors:
-        if c not in synth.COLORS:
-            raise ValueError(f"unknown held-out colour {c!r}; known: {', '.join(synth.COLORS)}")
-    for s in held_out_shapes:
-        if s not in synth.SHAPES:
-            raise ValueError(f"unknown held-out shape {s!r}; known: {', '.join(synth.SHAPES)}")
+    num_objects, size = _check_arguments(model, ground_truth, num_objects, steps, size, guidance, guidance_rescale,
+                                         held_out_colors, held_out_shapes)
     out_dir = ensure_writable_dir(out)
     plist = load_prompts(prompts, held_out_colors, held_out_shapes)
-    clf = load_classifier(classifier)
-    clf_path = Path(classifier) if classifier is not None else default_classifier_path()
-    card_path = clf_path.with_suffix(".json")
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    for prompt in plist:
-        for key, names in (("shape", clf.config.shapes), ("color", clf.config.colors)):
-            if prompt.attributes[key] not in names:
-                raise ValueError(f"the classifier does not know the {key} of prompt {prompt.text!r}")
+    clf, clf_path, card = _classifier_for(classifier, plist)
 
     seconds: dict[str, float] = {}
     pipe = None
     if not ground_truth:
         t = time.perf_counter()
         pipe = _load_pipeline(str(model), device, dtype)
-        m = pipe.model
-        size = m.native_size if size is None else size
-        defaults = m.sampling_defaults
-        steps = int(defaults["steps"]) if steps is None else steps
-        guidance = float(defaults["guidance_scale"]) if guidance is None else guidance
-        sampler = str(defaults["sampler"]) if sampler is None else sampler
-        guidance_rescale = float(defaults["guidance_rescale"]) if guidance_rescale is None else guidance_rescale
-        factor = m.downsample_factor * m.unet.downsample_factor
-        if size % factor:
-            raise ValueError(f"--size must be a multiple of {factor} for this model, got {size}")
+        size, steps, guidance, sampler, guidance_rescale = _model_settings(
+            pipe.model, size, steps, guidance, sampler, guidance_rescale)
         seconds["load_model"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
@@ -301,12 +266,124 @@ def evaluate(
     speckle = background_speckle(gen.reshape(-1, *gen.shape[-3:]))
     obj_gen = _score(plist, pred_gen, clf)
     obj_ceil = obj_gen if ground_truth else _score(plist, pred_ceil, clf)
+    preds = {"model": pred_gen, "ceiling": pred_ceil, "reference": pred_ref}
+    overall, groups, per_prompt = _tables(plist, obj_gen, obj_ceil, preds, ceil_attrs)
+
+    name = "ground-truth" if ground_truth else str(model)
+    report = _nan_to_none({
+        "format": "mvdream3d-evaluation",
+        "version": 1,
+        "model": name,
+        "settings": {
+            "prompts": _prompts_label(prompts),
+            "num_objects": num_objects, "steps": steps, "size": size, "seed": int(seed),
+            "guidance": None if guidance is None else float(guidance),
+            "guidance_rescale": None if guidance_rescale is None else float(guidance_rescale), "sampler": sampler,
+            "suffix": suffix, "device": device, "dtype": dtype,
+            "held_out_concepts": [*held_out_colors, *held_out_shapes], "ground_truth": bool(ground_truth),
+        },
+        "views": {"elevation": EVAL_ELEVATION, "azimuths": list(EVAL_AZIMUTHS), "fov_deg": _eval_fov(),
+                  "azimuth_bins": [int(b) for b in azimuth_bin(np.asarray(EVAL_AZIMUTHS), clf.config.azimuth_bins)]},
+        "classifier": {"path": str(clf_path), "input_size": clf.input_size,
+                       "test_accuracy": card.get("test_accuracy"),
+                       "test_accuracy_held_out_concepts": card.get("test_accuracy_held_out_concepts")},
+        "metric_definitions": dict(_METRIC_DEFINITIONS),
+        "overall": overall,
+        "background": {"speckle_mean": float(speckle.mean()), "speckle_max": float(speckle.max()),
+                       "views_over_1_percent": float(np.mean(speckle > 0.01)),
+                       "definition": "share of background pixels off white by more than 10/255 (the object, "
+                                     "grown by 2 px, excluded)"},
+        "groups": groups,
+        "prompts": per_prompt,
+    })
+    plot = _metrics_plot(name, overall, groups)
+    grids = _sample_grids(plist, num_objects, ground_truth, gen, ref, pred_gen, pred_ref)
+    seconds["total"] = round(time.perf_counter() - t0, 2)
+    report["seconds"] = seconds
+    report["files"] = write_reports(report, out_dir, plot, grids)
+    return report
+
+
+_METRIC_DEFINITIONS = {
+    "prompt_accuracy": "objects whose 4 views all show the prompt's shape and colour",
+    "shape_accuracy": "views showing the prompt's shape", "color_accuracy": "views showing the prompt's colour",
+    "consistency": "objects whose 4 views agree on shape and colour (right or wrong)",
+    "camera_adherence": "views of featured objects whose predicted azimuth bin is the camera's",
+    "janus_rate": "featured objects with the feature seen in the back view or more than one front view",
+    "fid": "Frechet distance of classifier penultimate features to reference ground-truth renders",
+}
+
+
+def _check_arguments(model: str | None, ground_truth: bool, num_objects: int, steps: int | None, size: int | None,
+                     guidance: float | None, guidance_rescale: float | None, held_out_colors: Sequence[str],
+                     held_out_shapes: Sequence[str]) -> tuple[int, int | None]:
+    """Refuse bad arguments before any work; returns ``num_objects`` and ``size`` as ints (``size`` 64 for
+    ground truth when not given, None: the model's native size)."""
+    if ground_truth and model is not None:
+        raise ValueError("give either MODEL or --ground-truth, not both")
+    if not ground_truth and model is None:
+        raise ValueError("give a MODEL to evaluate (a name or checkpoint path, e.g. tiny-random) or --ground-truth")
+    num_objects = int(num_objects)
+    size = int(size) if size is not None else (64 if ground_truth else None)
+    if num_objects < 1:
+        raise ValueError(f"--num-objects must be >= 1, got {num_objects}")
+    if steps is not None and int(steps) < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    if size is not None and size < 8:
+        raise ValueError(f"--size must be >= 8 pixels, got {size}")
+    if guidance is not None and not math.isfinite(float(guidance)):
+        raise ValueError(f"--guidance must be a number, got {guidance}")
+    if guidance_rescale is not None and not 0.0 <= float(guidance_rescale) <= 1.0:
+        raise ValueError(f"--guidance-rescale must be in [0, 1], got {guidance_rescale}")
+    for c in held_out_colors:
+        if c not in synth.COLORS:
+            raise ValueError(f"unknown held-out colour {c!r}; known: {', '.join(synth.COLORS)}")
+    for s in held_out_shapes:
+        if s not in synth.SHAPES:
+            raise ValueError(f"unknown held-out shape {s!r}; known: {', '.join(synth.SHAPES)}")
+    return num_objects, size
+
+
+def _classifier_for(classifier: str | os.PathLike | None, plist: Sequence[Prompt]) -> tuple[Any, Path, dict]:
+    """The view classifier, its path and its card (``.json`` beside it; {} if none); refuses prompts whose
+    shape or colour it does not know."""
+    clf = load_classifier(classifier)
+    clf_path = Path(classifier) if classifier is not None else default_classifier_path()
+    card_path = clf_path.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    for prompt in plist:
+        for key, names in (("shape", clf.config.shapes), ("color", clf.config.colors)):
+            if prompt.attributes[key] not in names:
+                raise ValueError(f"the classifier does not know the {key} of prompt {prompt.text!r}")
+    return clf, clf_path, card
+
+
+def _model_settings(m: Any, size: int | None, steps: int | None, guidance: float | None, sampler: str | None,
+                    guidance_rescale: float | None) -> tuple[int, int, float, str, float]:
+    """The sampling settings left at None filled from the model's ``sampling_defaults`` (size: its native
+    size), checked against the model: (size, steps, guidance, sampler, guidance_rescale)."""
+    size = m.native_size if size is None else size
+    defaults = m.sampling_defaults
+    steps = int(defaults["steps"]) if steps is None else steps
+    guidance = float(defaults["guidance_scale"]) if guidance is None else guidance
+    sampler = str(defaults["sampler"]) if sampler is None else sampler
+    guidance_rescale = float(defaults["guidance_rescale"]) if guidance_rescale is None else guidance_rescale
+    factor = m.downsample_factor * m.unet.downsample_factor
+    if size % factor:
+        raise ValueError(f"--size must be a multiple of {factor} for this model, got {size}")
+    return size, steps, guidance, sampler, guidance_rescale
+
+
+def _tables(plist: Sequence[Prompt], obj_gen: list, obj_ceil: list, preds: dict[str, dict], ceil_attrs: list
+            ) -> tuple[dict, dict, list[dict]]:
+    """The report's summaries: overall, per group and per prompt, each for the model and the ceiling.
+    ``preds``: the classifier's readings of the ``model``, ``ceiling`` and ``reference`` views."""
 
     def block(idx: Sequence[int]) -> dict:
         b: dict[str, Any] = {"prompts": len(idx)}
-        for name, objs, pred in (("model", obj_gen, pred_gen), ("ceiling", obj_ceil, pred_ceil)):
+        for name, objs, pred in (("model", obj_gen, preds["model"]), ("ceiling", obj_ceil, preds["ceiling"])):
             s = summarize([o for i in idx for o in objs[i]])
-            s["fid"] = _fid(pred["features"], pred_ref["features"], idx)
+            s["fid"] = _fid(pred["features"], preds["reference"]["features"], idx)
             b[name] = s
         return b
 
@@ -321,44 +398,18 @@ def evaluate(
             "model": {**b["model"], "objects_detail": [{k: v for k, v in o.items()} for o in obj_gen[i]]},
             "ceiling": {**b["ceiling"], "objects_detail": obj_ceil[i], "drawn_attributes": ceil_attrs[i]},
         })
+    return overall, groups, per_prompt
 
-    name = "ground-truth" if ground_truth else str(model)
-    report = _nan_to_none({
-        "format": "mvdream3d-evaluation",
-        "version": 1,
-        "model": name,
-        "settings": {
-            "prompts": str(prompts if prompts is not None and not isinstance(prompts, list | tuple)
-                           else default_prompts_path() if prompts is None else "<list>"),
-            "num_objects": num_objects, "steps": steps, "size": size, "seed": int(seed),
-            "guidance": None if guidance is None else float(guidance),
-            "guidance_rescale": None if guidance_rescale is None else float(guidance_rescale), "sampler": sampler,
-            "suffix": suffix, "device": device, "dtype": dtype,
-            "held_out_concepts": [*held_out_colors, *held_out_shapes], "ground_truth": bool(ground_truth),
-        },
-        "views": {"elevation": EVAL_ELEVATION, "azimuths": list(EVAL_AZIMUTHS), "fov_deg": _eval_fov(),
-                  "azimuth_bins": [int(b) for b in azimuth_bin(np.asarray(EVAL_AZIMUTHS), clf.config.azimuth_bins)]},
-        "classifier": {"path": str(clf_path), "input_size": clf.input_size,
-                       "test_accuracy": card.get("test_accuracy"),
-                       "test_accuracy_held_out_concepts": card.get("test_accuracy_held_out_concepts")},
-        "metric_definitions": {
-            "prompt_accuracy": "objects whose 4 views all show the prompt's shape and colour",
-            "shape_accuracy": "views showing the prompt's shape", "color_accuracy": "views showing the prompt's colour",
-            "consistency": "objects whose 4 views agree on shape and colour (right or wrong)",
-            "camera_adherence": "views of featured objects whose predicted azimuth bin is the camera's",
-            "janus_rate": "featured objects with the feature seen in the back view or more than one front view",
-            "fid": "Frechet distance of classifier penultimate features to reference ground-truth renders",
-        },
-        "overall": overall,
-        "background": {"speckle_mean": float(speckle.mean()), "speckle_max": float(speckle.max()),
-                       "views_over_1_percent": float(np.mean(speckle > 0.01)),
-                       "definition": "share of background pixels off white by more than 10/255 (the object, "
-                                     "grown by 2 px, excluded)"},
-        "groups": groups,
-        "prompts": per_prompt,
-    })
 
-    # figures
+def _prompts_label(prompts: str | os.PathLike | Sequence[str] | None) -> str:
+    """How report.json names the prompt set: the file given, the shipped file, or ``<list>``."""
+    if prompts is None:
+        return str(default_prompts_path())
+    return "<list>" if isinstance(prompts, list | tuple) else str(prompts)
+
+
+def _metrics_plot(name: str, overall: dict, groups: dict) -> Any:
+    """The bar plot: every metric, and prompt accuracy per group, model next to the ground-truth ceiling."""
     names = list(METRIC_NAMES.values())
     keys = list(METRIC_NAMES)
     gkeys = [g for g in GROUPS if groups[g]["prompts"]]
@@ -370,8 +421,14 @@ def evaluate(
           "ground-truth ceiling": [groups[g]["ceiling"]["prompt_accuracy"] for g in gkeys]}),
     ]
     fm, fc = overall["model"]["fid"], overall["ceiling"]["fid"]
-    plot = bar_plot(panels, note=f"Frechet distance of classifier features to ground truth: model {fm:.3f}, "
+    return bar_plot(panels, note=f"Frechet distance of classifier features to ground truth: model {fm:.3f}, "
                                  f"ceiling {fc:.3f} (lower is better)")
+
+
+def _sample_grids(plist: Sequence[Prompt], num_objects: int, ground_truth: bool, gen: np.ndarray, ref: np.ndarray,
+                  pred_gen: dict, pred_ref: dict) -> list:
+    """One labelled grid per prompt: its objects' views (and a ground-truth row for a model), each view
+    captioned with what the classifier read."""
     grids = []
     for p, prompt in enumerate(plist):
         label = "truth" if ground_truth else "sample"
@@ -379,10 +436,7 @@ def evaluate(
         if not ground_truth:
             rows.append(_grid_row("truth", ref, pred_ref, prompt, p, 0))
         grids.append(sample_grid(f"{p}: {prompt.text}", rows, [f"azimuth {int(a)}" for a in EVAL_AZIMUTHS]))
-    seconds["total"] = round(time.perf_counter() - t0, 2)
-    report["seconds"] = seconds
-    report["files"] = write_reports(report, out_dir, plot, grids)
-    return report
+    return grids
 
 
 GROUPS_LABEL = {"seen": "seen concepts", "held_out": "held-out 2D-only concepts", "with_feature": "with front feature",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -48,6 +48,16 @@ def _object(words: list[str], text: str) -> dict:
         body, tail = words[:k], words[k + 1:]
     else:
         body, tail = words, None
+    size, color, shape = _object_body(body, fail)
+    a = {"shape": shape, "color": color, "size": size, "feature": None, "feature_color": None}
+    if tail is not None:
+        feature, fcolor = _object_feature(tail, shape, color, fail)
+        a.update(feature=feature, feature_color=fcolor)
+    return a
+
+
+def _object_body(body: list[str], fail: Callable[[str], ValueError]) -> tuple[str | None, str, str]:
+    """(size or None, colour, shape) of the words before "with": [article] [size] colour shape."""
     if body and body[0] in _ARTICLES:
         body = body[1:]
     size = None
@@ -63,23 +73,26 @@ def _object(words: list[str], text: str) -> dict:
         raise fail(f"unknown colour {color!r}" if color not in synth.SHAPES else "the colour comes before the shape")
     if shape not in synth.SHAPES:
         raise fail(f"unknown shape {shape!r}")
-    a = {"shape": shape, "color": color, "size": size, "feature": None, "feature_color": None}
-    if tail is not None:
-        if tail and tail[0] in _ARTICLES:
-            tail = tail[1:]
-        fcolor = None
-        if len(tail) == 2:
-            fcolor, tail = tail[0], tail[1:]
-            if fcolor not in synth.COLORS:
-                raise fail(f"unknown colour {fcolor!r}")
-        if len(tail) != 1 or tail[0] not in synth.FEATURES:
-            raise fail(f"unknown feature {' '.join(tail)!r}" if tail else "'with' needs a feature")
-        if shape in synth.SHAPES_WITHOUT_FEATURE:
-            raise fail(f"a {shape} has no front feature in this world")
-        if fcolor is not None and fcolor == color:
-            raise fail("the feature's colour must differ from the object's")
-        a.update(feature=tail[0], feature_color=fcolor)
-    return a
+    return size, color, shape
+
+
+def _object_feature(tail: list[str], shape: str, color: str, fail: Callable[[str], ValueError]
+                    ) -> tuple[str, str | None]:
+    """(feature, its colour or None) of the words after "with": [article] [colour] feature."""
+    if tail and tail[0] in _ARTICLES:
+        tail = tail[1:]
+    fcolor = None
+    if len(tail) == 2:
+        fcolor, tail = tail[0], tail[1:]
+        if fcolor not in synth.COLORS:
+            raise fail(f"unknown colour {fcolor!r}")
+    if len(tail) != 1 or tail[0] not in synth.FEATURES:
+        raise fail(f"unknown feature {' '.join(tail)!r}" if tail else "'with' needs a feature")
+    if shape in synth.SHAPES_WITHOUT_FEATURE:
+        raise fail(f"a {shape} has no front feature in this world")
+    if fcolor is not None and fcolor == color:
+        raise fail("the feature's colour must differ from the object's")
+    return tail[0], fcolor
 
 
 def parse_prompt(text: str) -> dict:

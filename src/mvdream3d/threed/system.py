@@ -389,14 +389,7 @@ def text_to_3d(
     pre = load_text_to_3d_config(config, overrides) if config is not None else None
     model_ref = model if model is not None else (pre.model if pre is not None else None)
     mdl = resolve_model(model_ref)
-    cfg = pre or load_text_to_3d_config(default_config_for(mdl), overrides)
-    if not mdl.unet.has_camera and cfg.guidance.name == "multiview":
-        raise ValueError("multi-view guidance needs a model with a camera embedding (camera_dim); this model has "
-                         "none. Use a multi-view model, or the 2D baseline (--baseline-2d)")
-    if steps is not None:
-        cfg.optim.steps = steps
-    if seed is not None:
-        cfg.optim.seed = seed
+    cfg = _run_config(pre, mdl, overrides, steps, seed)
     torch.manual_seed(cfg.optim.seed)
     run = TextTo3D(prompt, mdl, cfg, out)
     if resume:
@@ -411,12 +404,37 @@ def text_to_3d(
     files: dict[str, str] = {}
     if cfg.output.preview and not resume:
         files["preview"] = str(_write_preview(mdl, run.prompt, cfg, out / "preview.png", run.device, on_stage))
-    timings = {"render": 0.0, "guidance": 0.0, "backward": 0.0}
+    t_start = time.perf_counter()
+    finished, timings = _optimise(run, callback, should_stop, progress)
+    return _write_outputs(run, files, finished, timings, t_start, on_stage)
+
+
+def _run_config(pre: TextTo3DConfig | None, mdl: MVDreamModel, overrides: list[str] | None, steps: int | None,
+                seed: int | None) -> TextTo3DConfig:
+    """The run's config: the one given (``pre``) or the model's default, checked against the model, with
+    ``steps`` and ``seed`` applied."""
+    cfg = pre or load_text_to_3d_config(default_config_for(mdl), overrides)
+    if not mdl.unet.has_camera and cfg.guidance.name == "multiview":
+        raise ValueError("multi-view guidance needs a model with a camera embedding (camera_dim); this model has "
+                         "none. Use a multi-view model, or the 2D baseline (--baseline-2d)")
+    if steps is not None:
+        cfg.optim.steps = steps
+    if seed is not None:
+        cfg.optim.seed = seed
+    return cfg
+
+
+def _optimise(run: TextTo3D, callback: StepCallback | None, should_stop: Callable[[], bool] | None,
+              progress: bool) -> tuple[bool, dict[str, float]]:
+    """The optimisation steps up to ``optim.steps``, with progress views, callbacks and periodic checkpoints;
+    returns whether all steps are done (False: stopped by a signal or ``should_stop``) and the summed
+    render / guidance / backward seconds."""
     from tqdm.auto import tqdm
 
+    cfg = run.cfg
+    timings = {"render": 0.0, "guidance": 0.0, "backward": 0.0}
     bar = tqdm(total=cfg.optim.steps, initial=run.step, desc="text-to-3d", disable=not progress, unit="step")
     finished = False
-    t_start = time.perf_counter()
     with StopOnSignal() as stop:
         while run.step < cfg.optim.steps:
             row = run.train_step()
@@ -428,11 +446,7 @@ def text_to_3d(
             bar.set_postfix(loss=f"{row['loss']:.4g}", t=row["t"], t_range=f"{lo * 1000:.0f}-{hi * 1000:.0f}",
                             res=row["res"], refresh=False)
             bar.update(1)
-            pe = cfg.output.progress_every
-            if pe and (run.step % pe == 0 or run.step == cfg.optim.steps):
-                run.save_views(out / "progress.png", size=64)
-                if callback is not None:
-                    row = {**row, "views": run.render_fixed_views(64)}
+            row = _progress_views(run, row, callback is not None)
             if callback is not None:
                 callback(row)
             if run.step % cfg.output.checkpoint_every == 0:
@@ -442,6 +456,25 @@ def text_to_3d(
         else:
             finished = True
     bar.close()
+    return finished, timings
+
+
+def _progress_views(run: TextTo3D, row: dict[str, Any], for_callback: bool) -> dict[str, Any]:
+    """On progress steps (every ``output.progress_every`` and the last): write progress.png and, for a
+    callback, add the 4 views to the step's row."""
+    pe, steps = run.cfg.output.progress_every, run.cfg.optim.steps
+    if pe and (run.step % pe == 0 or run.step == steps):
+        run.save_views(run.out / "progress.png", size=64)
+        if for_callback:
+            row = {**row, "views": run.render_fixed_views(64)}
+    return row
+
+
+def _write_outputs(run: TextTo3D, files: dict[str, str], finished: bool, timings: dict[str, float],
+                   t_start: float, on_stage: StageCallback | None) -> TextTo3DResult:
+    """After the steps: the checkpoint and 4 views, the mesh and video of a finished run, the curves and
+    summary.json."""
+    out, cfg = run.out, run.cfg
 
     def stage(name: str, done: int, total: int) -> None:
         if on_stage is not None:

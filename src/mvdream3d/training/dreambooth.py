@@ -335,18 +335,92 @@ def dreambooth(
     Raises ValueError (bad settings or inputs, an estimate above the free memory), FileNotFoundError,
     OutputDirError.
     """
+    cfg = _run_config(cfg, token, class_word, overrides)
+    collected: list[str] = []
+    _check_inputs(cfg, images)  # before anything is written or loaded
+    out = _open_output(out, resume)
+    device = resolve_device(cfg.device)
+    if cfg.mixed_precision == "fp16" and device.type != "cuda":
+        raise ValueError("mixed_precision fp16 needs a GPU; use bf16 or no on a CPU")
+    base_ref = _base_reference(model, cfg)
+    mdl = resolve_model(model)
+    size, x, memory = _subject_and_memory(mdl, cfg, images, device, collected)
+
+    torch.manual_seed(cfg.seed)
+    tuning = _Tuning(mdl, cfg, device)
+    settings = _settings_key(cfg, base_ref)
+    step, history, seconds_before = 0, [], 0.0
+    if resume:
+        step, history, seconds_before = _load_checkpoint(out, mdl.unet, tuning.optimizer, settings)
+        print(f"resumed from {out / CHECKPOINT_DIR} at step {step}")  # its history ends there too
+    tuning.encode_subject(x)
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, desc="dreambooth", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    mdl.unet.train()
+    with StopOnSignal() as signal_stop:
+        while step < cfg.steps:
+            loss, diffusion, pres = tuning.step(step_generator(cfg.seed, step, 0))
+            step += 1
+            row = {"step": step, "loss": loss.item(), "diffusion_loss": diffusion.item(), "preservation": pres.item(),
+                   "lr": cfg.learning_rate, "seconds": round(seconds_before + time.perf_counter() - t0, 3)}
+            history.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['diffusion_loss']:.4f}", pres=f"{row['preservation']:.2e}")
+            if callback is not None:
+                callback(row)
+            stopped = signal_stop.requested or (should_stop is not None and bool(should_stop()))
+            if stopped or _checkpoint_due(cfg, step):
+                _save_checkpoint(out, step, mdl.unet, tuning.optimizer, history, settings,
+                                 seconds_before + time.perf_counter() - t0)
+            if stopped:
+                bar.write(f"stopped at step {step}; checkpoint saved in {out / CHECKPOINT_DIR}: continue with --resume")
+                break
+    bar.close()
+    mdl.unet.eval()
+    for p in mdl.unet.parameters():
+        p.requires_grad_(False)
+    seconds = seconds_before + time.perf_counter() - t0
+    if on_stage is not None:
+        on_stage("saving the model", 0, 1)
+    model_path = _save_model(mdl, cfg, out, base_ref, tuning.fingerprint, step, collected)
+    if on_stage is not None:
+        on_stage("saving the model", 1, 1)
+    result = DreamBoothResult(out=out, model=mdl, model_path=model_path, prompt=cfg.prompt, steps_done=step,
+                              finished=step >= cfg.steps, history=history, warnings=collected, seconds=seconds)
+    summary = {"config": {**asdict(cfg), "lr": cfg.learning_rate}, "base_model": base_ref, "images": int(x.shape[0]),
+               "image_size": size, "device": str(device), "trained_parameters": tuning.n_trained,
+               "memory_estimate_bytes": int(memory)}
+    write_outputs(result, summary, grid=result.finished, size=size, cfg=cfg, progress=on_stage)
+    if result.finished:
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    return result
+
+
+def _run_config(cfg: DreamBoothConfig | None, token: str | None, class_word: str | None,
+                overrides: dict[str, Any]) -> DreamBoothConfig:
+    """``cfg`` (default: the defaults) with ``overrides``, ``token`` and ``class_word`` applied, validated."""
     named = {k: v for k, v in (("token", token), ("class_word", class_word)) if v is not None}
-    cfg = (cfg or DreamBoothConfig()).merged({**overrides, **named})  # the config core: ConfigError naming a key
+    return (cfg or DreamBoothConfig()).merged({**overrides, **named})  # the config core: ConfigError naming a key
+
+
+def _check_inputs(cfg: DreamBoothConfig, images: Any) -> None:
+    """The checks that need no model: LoRA's extra, the class word, the token's format, the photos' folder."""
     if cfg.train == "lora":
         from ..extras import require
 
         require("peft", "train", "LoRA training (--train lora)")  # before any heavy work
     if not cfg.class_word.strip():
         raise ValueError("the class word is empty: name what the subject is, e.g. --class-word toy")
-    collected: list[str] = []
     check_token(cfg.token, cfg.class_word)  # format errors before any heavy work
     if not isinstance(images, torch.Tensor):
         load_subject_images(images, 8)  # a bad folder fails before anything is written or loaded
+
+
+def _open_output(out: str | os.PathLike, resume: bool) -> Path:
+    """The writable output folder, cleaned of an interrupted checkpoint write; a stopped run there needs
+    ``resume`` and ``resume`` needs one."""
     out = ensure_writable_dir(out)
     remove_stale_temporaries(out, [CHECKPOINT_TMP], restore=[out / CHECKPOINT_DIR])
     has_ckpt = (out / CHECKPOINT_DIR / "state.json").is_file()
@@ -354,11 +428,13 @@ def dreambooth(
         raise ValueError(f"nothing to resume in {out}: no {CHECKPOINT_DIR}/state.json")
     if not resume and has_ckpt:
         raise ValueError(f"{out} holds a stopped run: pass --resume to continue it, or choose another --out")
-    device = resolve_device(cfg.device)
-    if cfg.mixed_precision == "fp16" and device.type != "cuda":
-        raise ValueError("mixed_precision fp16 needs a GPU; use bf16 or no on a CPU")
-    base_ref = _base_reference(model, cfg)
-    mdl = resolve_model(model)
+    return out
+
+
+def _subject_and_memory(mdl: MVDreamModel, cfg: DreamBoothConfig, images: Any, device: torch.device,
+                        collected: list[str]) -> tuple[int, torch.Tensor, int]:
+    """The training size, the photos as (N, 3, size, size) in [-1, 1], and the memory estimate (checked
+    against the free memory with ``memory_check``); warnings go to ``collected``."""
     size = cfg.image_size or mdl.native_size
     factor = mdl.downsample_factor * mdl.unet.downsample_factor
     if size % factor:
@@ -371,115 +447,101 @@ def dreambooth(
         memory, warns = check_memory(mdl, cfg, device, weights_resident=device.type == "cpu")
         for w in warns:
             _warn(w, collected)
+    return size, x, memory
 
-    torch.manual_seed(cfg.seed)
-    for part in (mdl.vae, mdl.text_encoder):
-        if part is not None:
-            part.requires_grad_(False).eval()
-    fingerprint = base_fingerprint(mdl.unet, cfg.lora_targets) if cfg.train == "lora" else None
-    params = _trainable(mdl, cfg)
-    mdl.to(device)
-    if cfg.gradient_checkpointing:
-        mdl.unet.enable_gradient_checkpointing()
-    params0 = [p.detach().clone() for p in params] if cfg.train != "lora" else None
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    settings = _settings_key(cfg, base_ref)
-    step, history, seconds_before = 0, [], 0.0
-    if resume:
-        step, history, seconds_before = _load_checkpoint(out, mdl.unet, optimizer, settings)
-        print(f"resumed from {out / CHECKPOINT_DIR} at step {step}")  # its history ends there too
 
-    with torch.no_grad():
+def _checkpoint_due(cfg: DreamBoothConfig, step: int) -> bool:
+    """A periodic checkpoint (``checkpoint_every``) after ``step``; none after the last step."""
+    return bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0 and step < cfg.steps
+
+
+class _Tuning:
+    """The fine-tuning of one model: what trains, the optimiser, mixed precision and the subject's latents.
+
+    ``step`` takes one optimisation step: a batch of the subject's latents (with flips), a shared-prompt
+    diffusion loss on 2D frames (``num_frames=1``, no camera) plus ``lambda * preservation``."""
+
+    def __init__(self, mdl: MVDreamModel, cfg: DreamBoothConfig, device: torch.device) -> None:
+        """Freeze the VAE and text encoder, choose the trained parameters, move the model to ``device``."""
+        self.mdl, self.cfg, self.device = mdl, cfg, device
+        for part in (mdl.vae, mdl.text_encoder):
+            if part is not None:
+                part.requires_grad_(False).eval()
+        self.fingerprint = base_fingerprint(mdl.unet, cfg.lora_targets) if cfg.train == "lora" else None
+        self.params = _trainable(mdl, cfg)
+        mdl.to(device)
+        if cfg.gradient_checkpointing:
+            mdl.unet.enable_gradient_checkpointing()
+        self.params0 = [p.detach().clone() for p in self.params] if cfg.train != "lora" else None
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+        self.n_trained = sum(p.numel() for p in self.params)
+
+    @torch.no_grad()
+    def encode_subject(self, x: torch.Tensor) -> None:
+        """The photos' latents (and their mirror images with ``flip``) and the prompt's text context."""
+        mdl, cfg, device = self.mdl, self.cfg, self.device
         pixels = torch.cat([x, x.flip(-1)]) if cfg.flip else x
-        x0_all = torch.cat([mdl.encode_images(c.to(device, mdl.dtype)) for c in pixels.split(8)]).float()
-        context = mdl.encode_text([cfg.prompt + mdl.prompt_suffix]).to(device) if mdl.text_encoder is not None \
-            else None
-    schedule = mdl.noise_schedule
-    scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
-    n_trained = sum(p.numel() for p in params)
+        self.x0_all = torch.cat([mdl.encode_images(c.to(device, mdl.dtype)) for c in pixels.split(8)]).float()
+        self.context = mdl.encode_text([cfg.prompt + mdl.prompt_suffix]).to(device) \
+            if mdl.text_encoder is not None else None
 
-    t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc="dreambooth", unit="step", disable=not progress,
-               dynamic_ncols=True)
-    stopped = False
-    mdl.unet.train()
-    with StopOnSignal() as signal_stop:
-        while step < cfg.steps:
-            g = step_generator(cfg.seed, step, 0)
-            idx = torch.randint(0, x0_all.shape[0], (cfg.batch_size,), generator=g)
-            x0 = x0_all[idx.to(device)]
-            t = torch.randint(0, schedule.num_timesteps, (cfg.batch_size,), generator=g).to(device)
-            noise = torch.randn(x0.shape, generator=g).to(device)
-            ctx = context.expand(cfg.batch_size, -1, -1) if context is not None else None
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                pred = mdl.unet(schedule.q_sample(x0, t, noise).to(mdl.dtype), t, context=ctx, camera=None,
-                                num_frames=1)
-            diffusion = diffusion_loss(pred, schedule, x0, t, noise)
-            pres = _lora_preservation(mdl.unet) if params0 is None else preservation_loss(params, params0)
-            loss = diffusion + cfg.lambda_preservation * pres
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            step += 1
-            row = {"step": step, "loss": loss.item(), "diffusion_loss": diffusion.item(), "preservation": pres.item(),
-                   "lr": cfg.learning_rate, "seconds": round(seconds_before + time.perf_counter() - t0, 3)}
-            history.append(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['diffusion_loss']:.4f}", pres=f"{row['preservation']:.2e}")
-            if callback is not None:
-                callback(row)
-            stopped = signal_stop.requested or (should_stop is not None and bool(should_stop()))
-            if stopped or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
-                _save_checkpoint(out, step, mdl.unet, optimizer, history, settings,
-                                 seconds_before + time.perf_counter() - t0)
-            if stopped:
-                bar.write(f"stopped at step {step}; checkpoint saved in {out / CHECKPOINT_DIR}: continue with --resume")
-                break
-    bar.close()
-    mdl.unet.eval()
-    for p in mdl.unet.parameters():
-        p.requires_grad_(False)
-    seconds = seconds_before + time.perf_counter() - t0
-    if on_stage is not None:
-        on_stage("saving the model", 0, 1)
+    def step(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimisation step with the randomness of ``g``; returns (loss, diffusion loss, preservation)."""
+        mdl, cfg, device, schedule = self.mdl, self.cfg, self.device, self.mdl.noise_schedule
+        idx = torch.randint(0, self.x0_all.shape[0], (cfg.batch_size,), generator=g)
+        x0 = self.x0_all[idx.to(device)]
+        t = torch.randint(0, schedule.num_timesteps, (cfg.batch_size,), generator=g).to(device)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        ctx = self.context.expand(cfg.batch_size, -1, -1) if self.context is not None else None
+        amp = self.amp_dtype
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            pred = mdl.unet(schedule.q_sample(x0, t, noise).to(mdl.dtype), t, context=ctx, camera=None,
+                            num_frames=1)
+        diffusion = diffusion_loss(pred, schedule, x0, t, noise)
+        pres = _lora_preservation(mdl.unet) if self.params0 is None else preservation_loss(self.params, self.params0)
+        loss = diffusion + cfg.lambda_preservation * pres
+        self._update(loss)
+        return loss, diffusion, pres
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """Backward, gradient clipping and the optimiser step (through the fp16 grad scaler when there is one)."""
+        optimizer, scaler = self.optimizer, self.scaler
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+
+def _save_model(mdl: MVDreamModel, cfg: DreamBoothConfig, out: Path, base_ref: str | None,
+                fingerprint: float | None, step: int, collected: list[str]) -> Path:
+    """Write ``lora.safetensors`` (adapters, then merged into ``mdl``) or ``model.safetensors``; remove the
+    other kind's file of an earlier run, so that ``out`` names one model."""
     stale = out / ("model.safetensors" if cfg.train == "lora" else "lora.safetensors")
     if stale.is_file():  # an earlier run of the other kind: OUT must name one model (resolve_model(OUT))
         _warn(f"removed {stale.name} of an earlier run in {out}", collected)
         stale.unlink()
-    if cfg.train == "lora":
-        adapters = lora_state_dict(mdl.unet)
-        remove_lora(mdl.unet)
-        merge_lora(mdl.unet, adapters, (cfg.lora_alpha or cfg.lora_rank) / cfg.lora_rank)
-        if base_ref is None:
-            _warn("the base model was passed as an object: lora.safetensors names no base model "
-                  "(set base_model, or load it with load_lora_model(path, base=...))", collected)
-        model_path = save_lora(out / "lora.safetensors", adapters, {
-            "base_model": base_ref, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha or cfg.lora_rank,
-            "target_modules": list(cfg.lora_targets), "base_fingerprint": fingerprint, "token": cfg.token,
-            "class_word": cfg.class_word, "prompt": cfg.prompt, "steps": step})
-    else:
+    if cfg.train != "lora":
         from ..checkpoints import write_checkpoint
 
-        model_path = write_checkpoint(out / "model.safetensors", mdl.ldm_state_dict(), mdl.config)
-    if on_stage is not None:
-        on_stage("saving the model", 1, 1)
-    result = DreamBoothResult(out=out, model=mdl, model_path=model_path, prompt=cfg.prompt, steps_done=step,
-                              finished=step >= cfg.steps, history=history, warnings=collected, seconds=seconds)
-    summary = {"config": {**asdict(cfg), "lr": cfg.learning_rate}, "base_model": base_ref, "images": int(x.shape[0]),
-               "image_size": size, "device": str(device), "trained_parameters": n_trained,
-               "memory_estimate_bytes": int(memory)}
-    write_outputs(result, summary, grid=result.finished, size=size, cfg=cfg, progress=on_stage)
-    if result.finished:
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    return result
+        return write_checkpoint(out / "model.safetensors", mdl.ldm_state_dict(), mdl.config)
+    adapters = lora_state_dict(mdl.unet)
+    remove_lora(mdl.unet)
+    merge_lora(mdl.unet, adapters, (cfg.lora_alpha or cfg.lora_rank) / cfg.lora_rank)
+    if base_ref is None:
+        _warn("the base model was passed as an object: lora.safetensors names no base model "
+              "(set base_model, or load it with load_lora_model(path, base=...))", collected)
+    return save_lora(out / "lora.safetensors", adapters, {
+        "base_model": base_ref, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha or cfg.lora_rank,
+        "target_modules": list(cfg.lora_targets), "base_fingerprint": fingerprint, "token": cfg.token,
+        "class_word": cfg.class_word, "prompt": cfg.prompt, "steps": step})

@@ -188,12 +188,36 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     The final model (EMA weights) is written as ``OUT/model.safetensors``, loadable by every command.
     ``max_steps_this_run`` stops early after that many steps (checkpointing first), for tests.
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import gather_object
-    from diffusers.training_utils import EMAModel
-
     out = Path(cfg.output.dir)
     t = cfg.train
+    accel = _accelerator(t)
+    ckpt, latest = _open_output(accel, out, cfg.output.keep_checkpoints, resume)
+    run = _Run.build(cfg, accel, out, ckpt)
+    if latest is not None:
+        run.restore(latest)
+    run.prepare()
+    run.open_data(resumed=latest is not None)
+    end = t.steps if max_steps_this_run is None else min(t.steps, run.step + max_steps_this_run)
+    bar = tqdm(total=t.steps, initial=run.step, desc="train", disable=not accel.is_main_process,
+               dynamic_ncols=True, unit="step")
+    with StopOnSignal() as stop:
+        while run.step < end:
+            loss, kinds = run.optimise()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", kind="/".join(kinds))
+            if run.after_step(loss, kinds, end, stopping=stop.requested):  # read once: a later signal waits a step
+                accel.print(f"stopped by signal at step {run.step}; checkpoint saved. Continue with --resume")
+                break
+    bar.close()
+    run.finish()
+    return out
+
+
+def _accelerator(t: TrainSection) -> Any:
+    """The ``accelerate.Accelerator`` of a run: mixed precision resolved for the device, gradient
+    accumulation, DDP that tolerates parameters without a gradient (the camera MLP on 2D batches)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
     precision = resolve_mixed_precision(t.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     if precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on a CPU")
@@ -208,15 +232,20 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         cpu=not torch.cuda.is_available(),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    rank, world = accel.process_index, accel.num_processes
     if t.mixed_precision == "auto":
         accel.print(f"mixed precision: auto -> {precision}"
                     + ("" if precision == "bf16" else " (no native bf16 on this device; emulated bf16 is slower)"))
+    return accel
+
+
+def _open_output(accel: Any, out: Path, keep: int, resume: bool) -> tuple[Checkpointer, Path | None]:
+    """Check the output folder, find the checkpoint to resume from (None: start at step 0) and remove the
+    temporaries of interrupted checkpoint writes. A folder with checkpoints needs ``resume``."""
     if accel.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK):
             raise PermissionError(f"cannot write to output directory {out}")
-    ckpt = Checkpointer(out, cfg.output.keep_checkpoints)
+    ckpt = Checkpointer(out, keep)
     latest = ckpt.latest() if resume else None
     if resume and latest is None:
         accel.print(f"--resume: no checkpoint under {out / CKPT_DIR}; starting from step 0")
@@ -226,140 +255,187 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     if accel.is_main_process:
         for stale in ckpt.remove_stale():
             accel.print(f"removed {stale}, left by an interrupted checkpoint write")
+    return ckpt, latest
 
-    torch.manual_seed(t.seed)
-    model = init_model(cfg)
-    schedule = model.noise_schedule
-    if t.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-    for part in (model.vae, model.text_encoder):
-        if part is not None:
-            part.requires_grad_(False).eval().to(accel.device)
-    unet = model.unet
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(t, s))
-    ema = EMAModel(unet.parameters(), decay=t.ema_decay) if t.ema_decay > 0 else None
 
-    step, data_state, history, cpu_base = 0, None, [], 0.0
-    if latest is not None:
+class _Batches:
+    """Where a run's batches come from: the latent cache (``data.cache_latents``) or the data streams, and
+    the per-step choice between a 2D batch (probability ``data.p_2d``) and a multi-view one."""
+
+    def __init__(self, cfg: TrainConfig, model: MVDreamModel, out: Path, accel: Any,
+                 data_state: dict[str, Any] | None) -> None:
+        self.cfg = cfg
+        self.cache = self.text_cache = None
+        self.mv: Iterator[dict] | None = None
+        self.im: Iterator[dict] | None = None
+        self.datasets: dict[str, Any] = {}
+        if cfg.data.cache_latents:
+            from .latent_cache import CachedTextEncoder, LatentCache
+
+            if accel.is_main_process:
+                out.mkdir(parents=True, exist_ok=True)
+            d = cfg.data
+            self.cache = LatentCache.for_training(model, out, d.multiview, d.image_text if d.p_2d > 0 else None,
+                                                  d.image_size, main=accel.is_main_process)
+            self.text_cache = CachedTextEncoder(model) if model.text_encoder is not None else None
+        else:
+            self.mv, self.im, self.datasets = _data_streams(cfg, accel.process_index, accel.num_processes,
+                                                            data_state)
+
+    def draw(self, g: torch.Generator, step: int) -> tuple[dict[str, Any], bool]:
+        """The next batch and whether it is a 2D one (the choice is drawn from ``g``)."""
+        p_2d, cache = self.cfg.data.p_2d, self.cache
+        if cache is not None:
+            use_2d = cache.num_images > 0 and (cache.num_assets == 0 or torch.rand((), generator=g) < p_2d)
+            return _cached_batch(cache, self.cfg, g, use_2d, step), use_2d
+        use_2d = self.im is not None and (self.mv is None or torch.rand((), generator=g) < p_2d)
+        return next(self.im if use_2d else self.mv), use_2d
+
+    def state(self) -> dict[str, Any]:
+        """The data streams' positions (``infinite_loader`` keeps them current)."""
+        return {k: ds.state_dict() for k, ds in self.datasets.items()}
+
+
+class _Run:
+    """The live state of one training run and its steps: build, restore, optimise, log, checkpoint, finish."""
+
+    def __init__(self, cfg: TrainConfig, accel: Any, out: Path, ckpt: Checkpointer, model: MVDreamModel,
+                 optimizer: Any, scheduler: Any, ema: Any) -> None:
+        self.cfg, self.accel, self.out, self.ckpt = cfg, accel, out, ckpt
+        self.model, self.unet, self.optimizer, self.scheduler, self.ema = model, model.unet, optimizer, scheduler, ema
+        self.rank, self.world = accel.process_index, accel.num_processes
+        self.step, self.data_state, self.cpu_base = 0, None, 0.0
+        self.history: list[dict[str, Any]] = []
+        self.steps_done, self.wait_data = 0, 0.0
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, accel: Any, out: Path, ckpt: Checkpointer) -> _Run:
+        """The model (seeded), its frozen VAE / text encoder, the AdamW optimiser, LR schedule and EMA."""
+        from diffusers.training_utils import EMAModel
+
+        t = cfg.train
+        torch.manual_seed(t.seed)
+        model = init_model(cfg)
+        if t.gradient_checkpointing:
+            model.unet.enable_gradient_checkpointing()
+        for part in (model.vae, model.text_encoder):
+            if part is not None:
+                part.requires_grad_(False).eval().to(accel.device)
+        unet = model.unet
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(t, s))
+        ema = EMAModel(unet.parameters(), decay=t.ema_decay) if t.ema_decay > 0 else None
+        return cls(cfg, accel, out, ckpt, model, optimizer, scheduler, ema)
+
+    def restore(self, latest: Path) -> None:
+        """Continue from checkpoint ``latest``: weights, optimiser, schedule, EMA, RNG, step, data position."""
         unet_state, opt_state, state = Checkpointer.load(latest)
-        unet.load_state_dict(unet_state)
-        optimizer.load_state_dict(opt_state["optimizer"])
-        scheduler.load_state_dict(opt_state["scheduler"])
-        if ema is not None and opt_state.get("ema") is not None:
-            ema.load_state_dict(opt_state["ema"])
+        self.unet.load_state_dict(unet_state)
+        self.optimizer.load_state_dict(opt_state["optimizer"])
+        self.scheduler.load_state_dict(opt_state["scheduler"])
+        if self.ema is not None and opt_state.get("ema") is not None:
+            self.ema.load_state_dict(opt_state["ema"])
         torch.set_rng_state(opt_state["torch_rng"])
-        step, data_state = state["step"], state["data"][rank] if rank < len(state["data"]) else None
-        cpu_base = float(state.get("cpu_s", 0.0))
+        step = self.step = state["step"]
+        self.data_state = state["data"][self.rank] if self.rank < len(state["data"]) else None
+        self.cpu_base = float(state.get("cpu_s", 0.0))
         # steps logged after the checkpoint by the interrupted run are taken again: each step is logged once
-        dropped = truncate_jsonl(out / LOG_FILE, step) if accel.is_main_process else 0
-        accel.print(f"resumed from {latest} at step {step}"
-                    + (f" ({LOG_FILE}: {dropped} rows after step {step} dropped)" if dropped else ""))
-    unet.to(accel.device)
-    if ema is not None:
-        ema.to(accel.device)
-    # The LR scheduler is stepped by hand once per optimiser step: accelerate's wrapper would step it once
-    # per process, which suits a shared data loader, not our per-rank streams.
-    unet_p, optimizer_p = accel.prepare(unet, optimizer)
+        dropped = truncate_jsonl(self.out / LOG_FILE, step) if self.accel.is_main_process else 0
+        self.accel.print(f"resumed from {latest} at step {step}"
+                         + (f" ({LOG_FILE}: {dropped} rows after step {step} dropped)" if dropped else ""))
 
-    cache = text_cache = None
-    if cfg.data.cache_latents:
-        from .latent_cache import CachedTextEncoder, LatentCache
+    def prepare(self) -> None:
+        """Move the UNet and EMA to the device and wrap them for (distributed) training."""
+        self.unet.to(self.accel.device)
+        if self.ema is not None:
+            self.ema.to(self.accel.device)
+        # The LR scheduler is stepped by hand once per optimiser step: accelerate's wrapper would step it once
+        # per process, which suits a shared data loader, not our per-rank streams.
+        self.unet_p, self.optimizer_p = self.accel.prepare(self.unet, self.optimizer)
 
+    def open_data(self, resumed: bool) -> None:
+        """Open the batches, the TensorBoard writer and the log, record the config, start the CPU clock."""
+        accel, out = self.accel, self.out
+        self.batches = _Batches(self.cfg, self.model, out, accel, self.data_state)
+        # a resumed run's TensorBoard hides the events the interrupted run logged after the checkpoint
+        self.writer = _tensorboard(out, self.step + 1 if resumed else None) if accel.is_main_process else None
+        self.log_path = out / LOG_FILE
         if accel.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-        d = cfg.data
-        cache = LatentCache.for_training(model, out, d.multiview, d.image_text if d.p_2d > 0 else None,
-                                         d.image_size, main=accel.is_main_process)
-        text_cache = CachedTextEncoder(model) if model.text_encoder is not None else None
-        mv_iter = im_iter = None
-        datasets: dict[str, Any] = {}
-    else:
-        mv_iter, im_iter, datasets = _data_streams(cfg, rank, world, data_state)
-    # a resumed run's TensorBoard hides the events the interrupted run logged after the checkpoint
-    writer = _tensorboard(out, step + 1 if latest is not None else None) if accel.is_main_process else None
-    log_path = out / LOG_FILE
-    if accel.is_main_process:
-        (out / "train_config.yaml").write_text(_yaml(cfg.to_dict()))
+            (out / "train_config.yaml").write_text(_yaml(self.cfg.to_dict()))
+        self.cpu0 = time.process_time()
+        self.t0 = time.perf_counter()
 
-    cpu0 = time.process_time()
-
-    def cpu_now() -> float:
+    def cpu_now(self) -> float:
         """CPU seconds this run has used, summed over resumed parts (the fair cost of a CPU recipe)."""
-        return round(cpu_base + time.process_time() - cpu0, 1)
+        return round(self.cpu_base + time.process_time() - self.cpu0, 1)
 
-    def data_state_now() -> dict[str, Any]:
-        return {k: ds.state_dict() for k, ds in datasets.items()}  # infinite_loader keeps them current
+    def optimise(self) -> tuple[float, list[str]]:
+        """One optimiser step (``train.grad_accum`` batches); returns its mean loss and the batch kinds."""
+        t, accel, unet_p = self.cfg.train, self.accel, self.unet_p
+        unet_p.train()
+        g = step_generator(t.seed, self.step, self.rank)
+        loss_sum, kinds = 0.0, []
+        for _ in range(t.grad_accum):
+            with accel.accumulate(unet_p):
+                tw = time.perf_counter()
+                batch, use_2d = self.batches.draw(g, self.step)
+                self.wait_data += time.perf_counter() - tw
+                loss = _loss(self.model, unet_p, self.model.noise_schedule, batch, self.cfg, g, accel.device,
+                             self.batches.text_cache, self.step)
+                accel.backward(loss)
+                if accel.sync_gradients and t.grad_clip > 0:
+                    accel.clip_grad_norm_(unet_p.parameters(), t.grad_clip)
+                self.optimizer_p.step()
+                if accel.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer_p.zero_grad(set_to_none=True)
+            loss_sum += loss.item() / t.grad_accum
+            kinds.append("2d" if use_2d else "mv")
+        if self.ema is not None:
+            self.ema.step(accel.unwrap_model(unet_p).parameters())
+        self.step += 1
+        self.steps_done += 1
+        return loss_sum, kinds
 
-    def save(at: int) -> None:
-        states = gather_object([data_state_now()]) if world > 1 else [data_state_now()]
+    def after_step(self, loss: float, kinds: list[str], end: int, stopping: bool) -> bool:
+        """Log the step, and sample and checkpoint when due; True when a stop signal ends the run here."""
+        out, step, accel = self.cfg.output, self.step, self.accel
         if accel.is_main_process:
-            path = ckpt.save(at, accel.unwrap_model(unet_p), ema, optimizer, scheduler,
-                             {"step": at, "data": states, "config": cfg.to_dict(), "time": time.time(),
-                              "cpu_s": cpu_now()})
+            self.history.append({"step": step, "loss": loss, "kind": kinds[0],
+                                 "lr": self.scheduler.get_last_lr()[0], "cpu_s": self.cpu_now()})
+        checkpoint_now = step % out.checkpoint_every == 0 or step == end or stopping
+        if step % out.log_every == 0 or checkpoint_now:  # a checkpoint's steps are all in the log
+            _log(self.writer, self.log_path, self.history, accel.is_main_process, self.t0, self.steps_done,
+                 self.wait_data)
+            self.history = []
+        if out.sample_every and step % out.sample_every == 0:
+            _sample_grid(self.model, accel.unwrap_model(self.unet_p), self.ema, self.cfg, self.out, step,
+                         self.writer, accel)
+        if checkpoint_now:
+            self.save(step)
+        return stopping
+
+    def save(self, at: int) -> None:
+        """Checkpoint step ``at`` (every rank's data position; rank 0 writes)."""
+        from accelerate.utils import gather_object
+
+        accel = self.accel
+        states = gather_object([self.batches.state()]) if self.world > 1 else [self.batches.state()]
+        if accel.is_main_process:
+            path = self.ckpt.save(at, accel.unwrap_model(self.unet_p), self.ema, self.optimizer, self.scheduler,
+                                  {"step": at, "data": states, "config": self.cfg.to_dict(), "time": time.time(),
+                                   "cpu_s": self.cpu_now()})
             accel.print(f"checkpoint: {path}")
         accel.wait_for_everyone()
 
-    end = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
-    bar = tqdm(total=t.steps, initial=step, desc="train", disable=not accel.is_main_process,
-               dynamic_ncols=True, unit="step")
-    t0, steps_done, wait_data = time.perf_counter(), 0, 0.0
-    with StopOnSignal() as stop:
-        while step < end:
-            unet_p.train()
-            g = step_generator(t.seed, step, rank)
-            loss_sum, kinds = 0.0, []
-            for _ in range(t.grad_accum):
-                with accel.accumulate(unet_p):
-                    tw = time.perf_counter()
-                    if cache is not None:
-                        use_2d = cache.num_images > 0 and (
-                            cache.num_assets == 0 or torch.rand((), generator=g) < cfg.data.p_2d)
-                        batch = _cached_batch(cache, cfg, g, use_2d, step)
-                    else:
-                        use_2d = im_iter is not None and (
-                            mv_iter is None or torch.rand((), generator=g) < cfg.data.p_2d)
-                        batch = next(im_iter if use_2d else mv_iter)
-                    wait_data += time.perf_counter() - tw
-                    loss = _loss(model, unet_p, schedule, batch, cfg, g, accel.device, text_cache, step)
-                    accel.backward(loss)
-                    if accel.sync_gradients and t.grad_clip > 0:
-                        accel.clip_grad_norm_(unet_p.parameters(), t.grad_clip)
-                    optimizer_p.step()
-                    if accel.sync_gradients:
-                        scheduler.step()
-                    optimizer_p.zero_grad(set_to_none=True)
-                loss_sum += loss.item() / t.grad_accum
-                kinds.append("2d" if use_2d else "mv")
-            if ema is not None:
-                ema.step(accel.unwrap_model(unet_p).parameters())
-            step += 1
-            steps_done += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}", kind="/".join(kinds))
-            if accel.is_main_process:
-                history.append({"step": step, "loss": loss_sum, "kind": kinds[0], "lr": scheduler.get_last_lr()[0],
-                                "cpu_s": cpu_now()})
-            stopping = stop.requested  # read once: a signal arriving now is handled after the next step
-            checkpoint_now = step % cfg.output.checkpoint_every == 0 or step == end or stopping
-            if step % cfg.output.log_every == 0 or checkpoint_now:  # a checkpoint's steps are all in the log
-                _log(writer, log_path, history, accel.is_main_process, t0, steps_done, wait_data)
-                history = []
-            if cfg.output.sample_every and step % cfg.output.sample_every == 0:
-                _sample_grid(model, accel.unwrap_model(unet_p), ema, cfg, out, step, writer, accel)
-            if checkpoint_now:
-                save(step)
-            if stopping:
-                accel.print(f"stopped by signal at step {step}; checkpoint saved. Continue with --resume")
-                break
-    bar.close()
-    if step >= t.steps:
-        model.config["training"] = provenance(cfg, step)
-        _finish(model, accel.unwrap_model(unet_p), ema, out, accel)
-    if writer is not None:
-        writer.close()
-    accel.wait_for_everyone()
-    return out
+    def finish(self) -> None:
+        """Write the final model when the last step is done; close the logs."""
+        if self.step >= self.cfg.train.steps:
+            self.model.config["training"] = provenance(self.cfg, self.step)
+            _finish(self.model, self.accel.unwrap_model(self.unet_p), self.ema, self.out, self.accel)
+        if self.writer is not None:
+            self.writer.close()
+        self.accel.wait_for_everyone()
 
 
 def feature_weight_at(t: Any, step: int) -> float:
@@ -482,11 +558,7 @@ def _sample_grid(model: MVDreamModel, unet: torch.nn.Module, ema: Any, cfg: Trai
 
 
 def _finish(model: MVDreamModel, unet: torch.nn.Module, ema: Any, out: Path, accel: Any) -> None:
-    """Write the final model (EMA weights) and record a parameter checksum per rank (sync check)."""
-    from accelerate.utils import gather_object
-
-    checksum = float(sum(p.detach().double().sum().item() * (i + 1) for i, p in enumerate(unet.parameters())))
-    sums = gather_object([checksum]) if accel.num_processes > 1 else [checksum]
+    """Write the final model (EMA weights; rank 0)."""
     if not accel.is_main_process:
         return
     if ema is not None:
@@ -496,9 +568,7 @@ def _finish(model: MVDreamModel, unet: torch.nn.Module, ema: Any, out: Path, acc
     write_checkpoint(out / "model.safetensors", model.ldm_state_dict(), model.config)
     if ema is not None:
         ema.restore(unet.parameters())
-    in_sync = all(math.isclose(s, sums[0], rel_tol=0, abs_tol=0) for s in sums)
-    (out / "final.json").write_text(json.dumps({"rank_param_checksums": sums, "ranks_in_sync": in_sync}))
-    accel.print(f"final model: {out / 'model.safetensors'} (ranks in sync: {in_sync})")
+    accel.print(f"final model: {out / 'model.safetensors'}")
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, use_ema: bool = True) -> Path:
