@@ -324,20 +324,31 @@ class MultiViewUNet(nn.Module):
     def _check_inputs(self, x: torch.Tensor, timesteps: torch.Tensor | float,
                       context: torch.Tensor | PreparedContext | None, camera: torch.Tensor | None, num_frames: int
                       ) -> tuple[torch.Tensor, torch.Tensor | PreparedContext | None, torch.Tensor | None]:
+        """Check the inputs' shapes (errors that name the expected shape); returns timesteps (B*F,), the
+        context with one row per view and the camera as (B*F, camera_dim)."""
+        self._check_batch(x, num_frames)
+        n = x.shape[0]
+        return (self._per_view_timesteps(timesteps, x, num_frames), self._per_view_context(context, n, num_frames),
+                self._flat_camera(camera, n))
+
+    def _check_batch(self, x: torch.Tensor, num_frames: int) -> None:
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"x must be (B*F, {c.in_channels}, H, W), got {tuple(x.shape)}")
-        n = x.shape[0]
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-        if n % num_frames:
+        if x.shape[0] % num_frames:
             raise ValueError(
-                f"batch size {n} is not divisible by num_frames={num_frames}: the batch must hold "
+                f"batch size {x.shape[0]} is not divisible by num_frames={num_frames}: the batch must hold "
                 f"B objects x {num_frames} views, object-major"
             )
         f = self.downsample_factor
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"H and W must be divisible by {f} for this UNet, got {tuple(x.shape[2:])}")
+
+    @staticmethod
+    def _per_view_timesteps(timesteps: torch.Tensor | float, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        n = x.shape[0]
         t = torch.as_tensor(timesteps, device=x.device)
         if t.ndim == 0:
             t = t.expand(n)
@@ -345,6 +356,11 @@ class MultiViewUNet(nn.Module):
             t = t.repeat_interleave(num_frames)
         if t.shape != (n,):
             raise ValueError(f"timesteps must be a scalar, (B,) or (B*F,) = ({n},), got {tuple(t.shape)}")
+        return t
+
+    def _per_view_context(self, context: torch.Tensor | PreparedContext | None, n: int, num_frames: int
+                          ) -> torch.Tensor | PreparedContext | None:
+        c = self.config
         if isinstance(context, PreparedContext):
             if context.tensor.shape[0] != n:
                 raise ValueError(f"the prepared context has {context.tensor.shape[0]} rows, expected {n} (one per "
@@ -358,17 +374,22 @@ class MultiViewUNet(nn.Module):
                 raise ValueError(f"context has {context.shape[0]} rows, expected {n} (one per view)")
         elif c.context_dim is not None:
             raise ValueError("this UNet cross-attends to text: pass context (B*F, L, context_dim)")
-        if camera is not None:
-            if not self.has_camera:
-                raise ValueError("this UNet has no camera input (camera_dim=None): pass camera=None")
-            if camera.ndim == 3 and camera.shape[1:] == (4, 4):
-                camera = camera.reshape(camera.shape[0], 16)
-            if camera.ndim != 2 or camera.shape != (n, c.camera_dim):
-                raise ValueError(
-                    f"camera must be (B*F, {c.camera_dim}) flattened c2w matrices (or (B*F, 4, 4)) with "
-                    f"B*F = {n}, got {tuple(camera.shape)}"
-                )
-        return t, context, camera
+        return context
+
+    def _flat_camera(self, camera: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if camera is None:
+            return None
+        c = self.config
+        if not self.has_camera:
+            raise ValueError("this UNet has no camera input (camera_dim=None): pass camera=None")
+        if camera.ndim == 3 and camera.shape[1:] == (4, 4):
+            camera = camera.reshape(camera.shape[0], 16)
+        if camera.ndim != 2 or camera.shape != (n, c.camera_dim):
+            raise ValueError(
+                f"camera must be (B*F, {c.camera_dim}) flattened c2w matrices (or (B*F, 4, 4)) with "
+                f"B*F = {n}, got {tuple(camera.shape)}"
+            )
+        return camera
 
     def prepare_context(self, context: torch.Tensor) -> PreparedContext:
         """``context`` (B*F, L, context_dim) with every cross-attention layer's keys and values computed.
