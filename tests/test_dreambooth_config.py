@@ -86,3 +86,15 @@ def test_web_app_dreambooth_set_names_the_option_and_the_key():
         parse_dreambooth_settings(["stepz=2"])
     with pytest.raises(ConfigError, match="--dreambooth-set: dreambooth.sample_steps: must be an integer"):
         parse_dreambooth_settings(["sample_steps=two"])
+
+
+def test_exponent_form_numbers_are_numbers_in_every_config():
+    """YAML 1.1 reads ``1e-4`` as a string; the config core reads it as the float it spells."""
+    from mvdream3d.config_core import as_number
+    from mvdream3d.threed.config import load_text_to_3d_config
+    from mvdream3d.training.dreambooth import DreamBoothConfig, dreambooth_overrides
+
+    assert as_number("1e-4") == 1e-4 and as_number("-2.5E+3") == -2500.0
+    assert as_number("sks") == "sks" and as_number("1e") == "1e" and as_number(3) == 3
+    assert DreamBoothConfig().merged(dreambooth_overrides(["lr=2e-5"])).lr == 2e-5
+    assert load_text_to_3d_config("builtin", ["optim.lr_mlp=1e-3"]).optim.lr_mlp == 1e-3

@@ -10,6 +10,7 @@ non-boolean for a boolean, a non-integer for an integer or a non-number for a fl
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ def parse_section(cls: type, raw: Any, name: str) -> Any:
     values = {}
     for k, v in raw.items():
         default = getattr(cls(), k)
+        v = as_number(v)
         if isinstance(default, bool) and not isinstance(v, bool):
             raise ConfigError(f"{name}.{k}: must be true or false, got {v!r}")
         if isinstance(default, float) and isinstance(v, int | float) and not isinstance(v, bool):
@@ -63,13 +65,24 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
 
 
+_FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def as_number(value: Any) -> Any:
+    """``value``, with a string in exponent form (``"1e-4"``, which YAML 1.1 reads as a string: it wants
+    ``1.0e-4``) turned into the float it spells."""
+    if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, top_level: tuple[str, ...] = ()) -> None:
     """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config mapping in place;
     keys named in ``top_level`` may be set directly (``model=...``)."""
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if sep and key in top_level:
-            raw[key] = yaml.safe_load(value)
+            raw[key] = as_number(yaml.safe_load(value))
             continue
         if not sep or "." not in key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
@@ -77,4 +90,4 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, top_level:
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"override {item!r}: {section} is not a section")
-        raw[section][name] = yaml.safe_load(value)
+        raw[section][name] = as_number(yaml.safe_load(value))
