@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="full:1,full:0,attention:1,lora:1", help="MODE:LAMBDA,...")
     p.add_argument("--steps", type=int, default=200, help="DreamBooth steps per run")
     p.add_argument("--size", type=int, default=None, help="photo, training and generation size (default: native)")
-    p.add_argument("--gen-steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--gen-steps", type=int, default=None, help="sampling steps (default: the base model's own)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the base model's own)")
     p.add_argument("--objects", type=int, default=8, help="objects of the subject prompt per model")
     p.add_argument("--eval-objects", type=int, default=2, help="objects per unrelated prompt")
     p.add_argument("--max-prompts", type=int, default=None, help="unrelated prompts (default: all 32)")
@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     subject = prompt_from_text(args.subject)
     base = resolve_model(args.model)  # fails early (and clearly) when the model is missing
     args.size = args.size or base.native_size
+    defaults = base.sampling_defaults  # the settings the model is evaluated with (its config's `sampling`)
+    args.gen_steps = args.gen_steps or int(defaults["steps"])
+    args.guidance = float(defaults["guidance_scale"]) if args.guidance is None else args.guidance
     del base
     prompt = f"a {args.token} {args.class_word}"
     all_prompts = [q.text for q in load_prompts(None)]
@@ -168,16 +171,32 @@ def main(argv: list[str] | None = None) -> int:
     truth = truth[0, 0]
     base_ref = args.model or "mvdream3d-tiny"
     results: dict = {"settings": {**vars(args), "prompt": prompt, "unrelated_prompts": all_prompts}, "runs": {}}
+    done_path = out / "results.json"
+    if done_path.is_file():  # an interrupted benchmark: keep the runs finished with the same settings
+        old = json.loads(done_path.read_text())
+        if json.dumps(old.get("settings"), default=str) == json.dumps(results["settings"], default=str):
+            results["runs"] = old["runs"]
+            print(f"resuming: {', '.join(results['runs'])} done", file=sys.stderr)
 
-    t = time.perf_counter()
-    base_dir = out / "runs" / "base"
-    base_dir.mkdir(parents=True, exist_ok=True)
-    results["runs"]["base (no fine-tuning)"] = {
-        "subject": subject_metrics(base_ref, prompt, subject.attributes, truth, clf, args, base_dir / "subject.png"),
-        "forgetting": forgetting_metrics(base_ref, all_prompts, base_dir / "eval", args),
-        "eval_seconds": round(time.perf_counter() - t, 1)}
+    def save() -> None:
+        tmp = done_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1, default=str))
+        tmp.replace(done_path)
+
+    if "base (no fine-tuning)" not in results["runs"]:
+        t = time.perf_counter()
+        base_dir = out / "runs" / "base"
+        base_dir.mkdir(parents=True, exist_ok=True)
+        results["runs"]["base (no fine-tuning)"] = {
+            "subject": subject_metrics(base_ref, prompt, subject.attributes, truth, clf, args,
+                                       base_dir / "subject.png"),
+            "forgetting": forgetting_metrics(base_ref, all_prompts, base_dir / "eval", args),
+            "eval_seconds": round(time.perf_counter() - t, 1)}
+        save()
     for mode, lam in runs:
         name = f"{mode}-lambda{lam:g}"
+        if name in results["runs"]:
+            continue
         run_dir = out / "runs" / name
         print(f"== {name}", file=sys.stderr)
         res = dreambooth(out / "photos", args.token, args.class_word, model=args.model, out=run_dir, train=mode,
@@ -191,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": round(res.seconds, 1), "eval_seconds": round(time.perf_counter() - t, 1),
             "file_mb": round(res.model_path.stat().st_size / 2**20, 3),
             "final_preservation": res.history[-1]["preservation"]}
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        save()
     write_markdown(results, out / "results.md")
     print((out / "results.md").read_text())
     return 0

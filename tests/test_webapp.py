@@ -2,8 +2,8 @@
 
 One server (tiny-random model, tiny text-to-3D settings) serves the whole module. The browser tests skip
 when Chromium or chromedriver is missing (``apt-get install -y chromium chromium-driver``); everything
-here skips without the ``ui`` extra. ``MVDREAM3D_SCREENSHOTS=1`` saves a screenshot of each tab to
-docs/screenshots/.
+here skips without the ``ui`` extra. ``MVDREAM3D_SCREENSHOTS=DIR`` saves a screenshot of each tab (tiny random
+model) to DIR; the screenshots in docs/ come from the built-in model (benchmarks/webapp_screenshots.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ TINY_3D = [
 TIMEOUT = 300  # seconds for one job: generous, for a loaded 2-core machine
 SERVER_START_TIMEOUT = 600  # imports and the default model's load, on a loaded machine
 MAX_QUEUE = 3  # the server's --max-queue: small, so that the queue test fills it with few jobs
-SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 BROWSER_HINT = "the browser tests need Chromium: apt-get install -y chromium chromium-driver"
 
 
@@ -262,18 +261,19 @@ def _settled_drawing(element, timeout: float = 30) -> None:
 
 
 def _shot(d, name: str, height: int = 1300, drawn: str | None = None) -> None:
-    """With MVDREAM3D_SCREENSHOTS=1, save the page as docs/screenshots/NAME.png (after ``drawn``, e.g. a WebGL
-    canvas, shows something, or 30 s)."""
-    if os.environ.get("MVDREAM3D_SCREENSHOTS") != "1":
+    """With MVDREAM3D_SCREENSHOTS=DIR, save the page as DIR/NAME.png (after ``drawn``, e.g. a WebGL canvas,
+    shows something, or 30 s)."""
+    if not os.environ.get("MVDREAM3D_SCREENSHOTS"):
         return
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots = Path(os.environ["MVDREAM3D_SCREENSHOTS"])
+    shots.mkdir(parents=True, exist_ok=True)
     d.set_window_size(1400, height)
     d.execute_script("window.scrollTo(0, 0)")
     time.sleep(1.0)
     if drawn:
         _settled_drawing(_by_css(d, drawn)[0])
         d.execute_script("window.scrollTo(0, 0)")
-    d.save_screenshot(str(SHOTS / f"{name}.png"))
+    d.save_screenshot(str(shots / f"{name}.png"))
     d.set_window_size(1400, 1000)
 
 
