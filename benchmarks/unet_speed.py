@@ -620,15 +620,16 @@ def report_unet(results: dict[str, dict[str, list[dict[str, Any]]]], rounds: int
             mem = max(o["peak_increase_bytes"] for o in by_mode["ours"]) / max(
                 min(b["peak_increase_bytes"] for b in by_mode[base]), 1)
             s[base] = {"time_ratio_per_round": per_round, "cpu_ratio_per_round": cpu_round,
-                       "time_ratio_worse": min(per_round), "memory_ratio": mem,
+                       "time_ratio_worse": min(per_round), "cpu_ratio_worse": min(cpu_round), "memory_ratio": mem,
                        "max_abs_diff": (by_mode[base][0]["output"] - ours_out).abs().max().item()}
             label = {"published_sdpa": "published + SDPA", "published": "published as shipped",
                      "ours_compile": "ours, eager"}[base]
             what = "ours" if base != "ours_compile" else "compiled"
             if base == "ours_compile":  # time ratio the other way round: eager / compiled
                 per_round = [1 / r for r in per_round]
-                s[base]["time_ratio_per_round"] = per_round
-                s[base]["time_ratio_worse"] = min(per_round)
+                cpu_round = [1 / r for r in cpu_round]
+                s[base].update(time_ratio_per_round=per_round, time_ratio_worse=min(per_round),
+                               cpu_ratio_per_round=cpu_round, cpu_ratio_worse=min(cpu_round))
                 s[base]["compile_s"] = by_mode[base][0]["warmup_s"]
             print(f"{config}: {what} vs {label}: time x{_fmt_list(per_round, '{:.2f}')} faster (per round; CPU "
                   f"time x{_fmt_list(cpu_round, '{:.2f}')}), forward peak memory x{mem:.2f} of it")
@@ -677,13 +678,16 @@ def report_e2e(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
-def verdict(unet: dict[str, Any], e2e: dict[str, Any]) -> dict[str, Any]:
+def verdict(unet: dict[str, Any], e2e: dict[str, Any], by_cpu: bool = False) -> dict[str, Any]:
+    """Check the targets on the worse round: wall-time ratios, or with ``by_cpu`` (a machine loaded by other
+    processes, where wall time measures the competition) the processes' CPU-time ratios."""
     checks: dict[str, Any] = {}
+    ratio, saving = ("cpu_ratio_worse", "t3d_step_cpu_s") if by_cpu else ("time_ratio_worse", "t3d_step_s")
     for config, key in (("tiny", "tiny_speedup"), ("full", "full_speedup")):
         s = unet.get(config, {}).get("published_sdpa")
         if s:
-            checks[key] = {"value": s["time_ratio_worse"], "target": TARGETS[key],
-                           "met": s["time_ratio_worse"] >= TARGETS[key]}
+            checks[key] = {"value": s[ratio], "target": TARGETS[key], "met": s[ratio] >= TARGETS[key],
+                           "measure": "CPU time" if by_cpu else "wall time"}
             checks[f"{config}_memory_ratio"] = {"value": s["memory_ratio"], "target": TARGETS["memory_ratio"],
                                                 "met": s["memory_ratio"] <= TARGETS["memory_ratio"]}
     if "published_sdpa" in e2e:
@@ -691,9 +695,10 @@ def verdict(unet: dict[str, Any], e2e: dict[str, Any]) -> dict[str, Any]:
         checks["t3d_memory_ratio"] = {"value": v, "target": TARGETS["memory_ratio"],
                                       "met": v <= TARGETS["memory_ratio"]}
     if "baseline" in e2e:
-        v = min(e2e["baseline"]["t3d_step_s"])
+        v = min(e2e["baseline"][saving])
         checks["t3d_step_saving"] = {"value": v, "target": TARGETS["t3d_step_saving"],
-                                     "met": v >= TARGETS["t3d_step_saving"]}
+                                     "met": v >= TARGETS["t3d_step_saving"],
+                                     "measure": "CPU time" if by_cpu else "wall time"}
     print()
     names = {"tiny_speedup": "tiny forward, ours vs published + SDPA (x, worse round)",
              "full_speedup": "sd21-width forward, ours vs published + SDPA (x, worse round)",
@@ -703,7 +708,9 @@ def verdict(unet: dict[str, Any], e2e: dict[str, Any]) -> dict[str, Any]:
              "t3d_step_saving": "text-to-3D step time saved vs baseline (worse round)"}
     for key, c in checks.items():
         cmp = ">=" if key.endswith(("speedup", "saving")) else "<="
-        print(f"TARGET {names[key]}: {c['value']:.2f} (target {cmp} {c['target']}): {'MET' if c['met'] else 'NOT MET'}")
+        how = f", {c['measure']}" if "measure" in c else ""
+        print(f"TARGET {names[key]}: {c['value']:.2f} (target {cmp} {c['target']}{how}): "
+              f"{'MET' if c['met'] else 'NOT MET'}")
     if not checks:
         print("no targets checked (the published code is needed for the ratios; --e2e --baseline-src for the step)")
     return checks
@@ -842,16 +849,20 @@ def main(argv: list[str] | None = None) -> int:
     if env["contended"]:
         print(f"WARNING: load average {load:.1f}: other processes competed for the CPU, so wall times are "
               "inflated and scattered (the CPU-time columns and ratios suffer less; memory does not depend on load).")
-    checks = verdict(unet_summary, e2e_summary)
+    if env["contended"]:
+        print("The targets below are judged on CPU time (each process's own CPU seconds), not wall time.")
+    checks = verdict(unet_summary, e2e_summary, by_cpu=env["contended"])
     if args.json is not None:
         for by_mode in unet_results.values():
             for runs in by_mode.values():
                 for run in runs:
                     run.pop("output", None)
+        from mvdream3d.files import atomic_write_text
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"env": env, "unet": unet_results, "unet_summary": unet_summary,
-                                         "e2e": e2e_results, "e2e_summary": e2e_summary, "targets": checks},
-                                        indent=2, default=float))
+        atomic_write_text(args.json, json.dumps({"env": env, "unet": unet_results, "unet_summary": unet_summary,
+                                                 "e2e": e2e_results, "e2e_summary": e2e_summary, "targets": checks},
+                                                indent=2, default=float))
         print(f"wrote {args.json}")
     return 0
 
