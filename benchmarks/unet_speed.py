@@ -756,17 +756,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.worker is not None:
-        spec = json.loads(args.worker_spec)
-        res = unet_worker(spec) if args.worker == "unet" else e2e_worker(spec)
-        args.worker_out.write_text(json.dumps(res))
-        return 0
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: CUDA is not available in this torch build / machine", file=sys.stderr)
-        return 2
-    published = find_published(args.published)
+def _unet_modes(args: argparse.Namespace, published: Path | None) -> list[str]:
+    """The UNet modes to time: all of UNET_MODES (ours alone without the published code), cut to --modes."""
     modes = list(UNET_MODES)
     if published is None:
         print("published MVDream code not found (pass --published PATH or set MVDREAM_PUBLISHED to a checkout of "
@@ -780,6 +771,58 @@ def main(argv: list[str] | None = None) -> int:
         modes = [m for m in modes if m in asked]
         if "ours" not in modes:
             modes.append("ours")
+    return modes
+
+
+def _unet_round(r: int, args: argparse.Namespace, configs: list[str], modes: list[str], published: Path | None,
+                results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """One round of UNet forwards: every config x dtype x mode, each timing and memory in a fresh process."""
+    for config, dtype in ((c, d) for c in configs for d in args.dtypes):
+        key = config if dtype == "fp32" else f"{config}/{dtype}"
+        cmodes = modes + (["ours_compile"] if args.compile and config == "tiny" else [])
+        for mode in cmodes:
+            t0 = time.perf_counter()
+            spec = {"config": config, "mode": mode, "repeats": args.repeats, "device": args.device,
+                    "dtype": dtype, "published": str(published) if published else None}
+            res = run_worker("unet", dict(spec, measure="time"))
+            mem = run_worker("unet", dict(spec, measure="memory"))
+            res.update(peak_increase_bytes=mem["peak_increase_bytes"], peak_bytes=mem["peak_bytes"])
+            results.setdefault(key, {}).setdefault(mode, []).append(res)
+            print(f"[round {r + 1}] {key}/{mode}: {res['time_median_s']:.3f} s per forward (CPU "
+                  f"{res['cpu_median_s']:.2f} s), forward peak +{res['peak_increase_bytes'] / MiB:.0f} MiB "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def _e2e_round(r: int, args: argparse.Namespace, e2e_modes: list[str], published: Path | None,
+               results: dict[str, list[dict[str, Any]]]) -> None:
+    """One round of the end-to-end figures (generate and text-to-3D steps) per mode, in fresh processes."""
+    for mode in e2e_modes:
+        t0 = time.perf_counter()
+        spec = {"mode": mode, "model": args.model, "t3d_config": args.t3d_config,
+                "t3d_steps": args.t3d_steps, "generate_runs": args.generate_runs,
+                "published": str(published) if published else None}
+        path = args.baseline_src if mode == "baseline" else None
+        res = run_worker("e2e", dict(spec, measure="time"), pythonpath=path)
+        mem = run_worker("e2e", dict(spec, measure="memory"), pythonpath=path)
+        res["t3d_peak_increase_bytes"] = mem["t3d_peak_increase_bytes"]
+        results.setdefault(mode, []).append(res)
+        print(f"[round {r + 1}] e2e/{mode} ({res['mvdream3d']}): generate {res['generate_step_s']:.3f} "
+              f"s/step, text-to-3D {res['t3d_step_s']:.3f} s/step ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        spec = json.loads(args.worker_spec)
+        res = unet_worker(spec) if args.worker == "unet" else e2e_worker(spec)
+        args.worker_out.write_text(json.dumps(res))
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: CUDA is not available in this torch build / machine", file=sys.stderr)
+        return 2
+    published = find_published(args.published)
+    modes = _unet_modes(args, published)
     env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(), "device": args.device,
            "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name(),
            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "memory_method": CpuPeakMeter().method,
@@ -808,34 +851,9 @@ def main(argv: list[str] | None = None) -> int:
         e2e_modes.insert(0, "baseline")
     try:
         for r in range(args.rounds):
-            for config, dtype in ((c, d) for c in configs for d in args.dtypes):
-                key = config if dtype == "fp32" else f"{config}/{dtype}"
-                cmodes = modes + (["ours_compile"] if args.compile and config == "tiny" else [])
-                for mode in cmodes:
-                    t0 = time.perf_counter()
-                    spec = {"config": config, "mode": mode, "repeats": args.repeats, "device": args.device,
-                            "dtype": dtype, "published": str(published) if published else None}
-                    res = run_worker("unet", dict(spec, measure="time"))
-                    mem = run_worker("unet", dict(spec, measure="memory"))
-                    res.update(peak_increase_bytes=mem["peak_increase_bytes"], peak_bytes=mem["peak_bytes"])
-                    unet_results.setdefault(key, {}).setdefault(mode, []).append(res)
-                    print(f"[round {r + 1}] {key}/{mode}: {res['time_median_s']:.3f} s per forward (CPU "
-                          f"{res['cpu_median_s']:.2f} s), forward peak +{res['peak_increase_bytes'] / MiB:.0f} MiB "
-                          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            _unet_round(r, args, configs, modes, published, unet_results)
             if args.e2e:
-                for mode in e2e_modes:
-                    t0 = time.perf_counter()
-                    spec = {"mode": mode, "model": args.model, "t3d_config": args.t3d_config,
-                            "t3d_steps": args.t3d_steps, "generate_runs": args.generate_runs,
-                            "published": str(published) if published else None}
-                    path = args.baseline_src if mode == "baseline" else None
-                    res = run_worker("e2e", dict(spec, measure="time"), pythonpath=path)
-                    mem = run_worker("e2e", dict(spec, measure="memory"), pythonpath=path)
-                    res["t3d_peak_increase_bytes"] = mem["t3d_peak_increase_bytes"]
-                    e2e_results.setdefault(mode, []).append(res)
-                    print(f"[round {r + 1}] e2e/{mode} ({res['mvdream3d']}): generate {res['generate_step_s']:.3f} "
-                          f"s/step, text-to-3D {res['t3d_step_s']:.3f} s/step ({time.perf_counter() - t0:.0f} s)",
-                          flush=True)
+                _e2e_round(r, args, e2e_modes, published, e2e_results)
     finally:
         done.set()
         watcher.join()
@@ -849,22 +867,25 @@ def main(argv: list[str] | None = None) -> int:
     if env["contended"]:
         print(f"WARNING: load average {load:.1f}: other processes competed for the CPU, so wall times are "
               "inflated and scattered (the CPU-time columns and ratios suffer less; memory does not depend on load).")
-    if env["contended"]:
         print("The targets below are judged on CPU time (each process's own CPU seconds), not wall time.")
     checks = verdict(unet_summary, e2e_summary, by_cpu=env["contended"])
     if args.json is not None:
-        for by_mode in unet_results.values():
-            for runs in by_mode.values():
-                for run in runs:
-                    run.pop("output", None)
-        from mvdream3d.files import atomic_write_text
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.json, json.dumps({"env": env, "unet": unet_results, "unet_summary": unet_summary,
-                                                 "e2e": e2e_results, "e2e_summary": e2e_summary, "targets": checks},
-                                                indent=2, default=float))
-        print(f"wrote {args.json}")
+        _write_json(args.json, {"env": env, "unet": unet_results, "unet_summary": unet_summary,
+                                "e2e": e2e_results, "e2e_summary": e2e_summary, "targets": checks})
     return 0
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """The raw numbers (without the outputs kept for the parity check), written atomically."""
+    from mvdream3d.files import atomic_write_text
+
+    for by_mode in data["unet"].values():
+        for runs in by_mode.values():
+            for run in runs:
+                run.pop("output", None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2, default=float))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
