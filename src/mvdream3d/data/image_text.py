@@ -26,7 +26,7 @@ from .images import (
     load_image,
 )
 from .shards import _BRACE_RE, _CAPTION_EXTENSIONS, _GLOB_CHARS, _caption_from_bytes, _scan_tar, expand_shards
-from .streaming import _MAX_CONSECUTIVE_FAILURES, _StreamingDataset, _worker_layout
+from .streaming import _StreamingDataset, _worker_layout
 
 __all__ = ["ImageTextDataset"]
 
@@ -361,20 +361,7 @@ class ImageTextDataset(_StreamingDataset):
         if self.shards:
             yield from self._generate_shards()
             return
-        failures = 0
-        for epoch, index in self._index_stream(len(self.files)):
-            if index in self._bad:
-                failures += 1
-                if failures >= _MAX_CONSECUTIVE_FAILURES:
-                    raise RuntimeError(f"{failures} consecutive items could not be loaded from {self.folder}")
-                continue
-            try:
-                item = self._load(index, epoch)
-            except _LOAD_ERRORS as err:
-                failures = self._skip_failed(index, f"image {self.folder / self.files[index]}", err, failures)
-                continue
-            failures = 0
-            yield item
+        yield from self._loaded_items(len(self.files), self.folder, lambda i: f"image {self.folder / self.files[i]}")
 
     # ---- state
 

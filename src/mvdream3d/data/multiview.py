@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from ..cameras import c2w_to_model_camera
-from .images import _LOAD_ERRORS, Background, _background_colour, _check_size, _parse_background, _warn, load_image
-from .streaming import _MAX_CONSECUTIVE_FAILURES, _StreamingDataset
+from .images import Background, _background_colour, _check_size, _parse_background, _warn, load_image
+from .streaming import _StreamingDataset
 
 __all__ = ["MultiViewDataset", "load_feature_mask", "select_views"]
 
@@ -291,20 +291,8 @@ class MultiViewDataset(_StreamingDataset):
                   "c2w_to_model_camera(c2w); using the value recomputed from c2w (renderer convention bug?)")
 
     def _generate(self) -> Iterator[dict]:
-        failures = 0
-        for epoch, index in self._index_stream(self.num_items):
-            if index in self._bad:
-                failures += 1
-                if failures >= _MAX_CONSECUTIVE_FAILURES:
-                    raise RuntimeError(f"{failures} consecutive items could not be loaded from {self.roots}")
-                continue
-            try:
-                item = self._load(index, epoch)
-            except _LOAD_ERRORS as err:
-                failures = self._skip_failed(index, f"asset {self._folders[self.asset_ids[index]]}", err, failures)
-                continue
-            failures = 0
-            yield item
+        yield from self._loaded_items(self.num_items, self.roots,
+                                      lambda i: f"asset {self._folders[self.asset_ids[i]]}")
 
     # ---- state
 

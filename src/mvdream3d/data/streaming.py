@@ -7,14 +7,14 @@ Order, splitting and resuming are described in :mod:`mvdream3d.data.datasets`.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .images import _warn
+from .images import _LOAD_ERRORS, _warn
 
 _MAX_CONSECUTIVE_FAILURES = 1000
 
@@ -118,6 +118,25 @@ class _StreamingDataset(IterableDataset):
                 f"{failures} consecutive items could not be loaded (last: {what}: {err}); is the data broken?"
             ) from err
         return failures
+
+    def _loaded_items(self, n: int, source: Any, describe: Callable[[int], str]) -> Iterator[dict]:
+        """``self._load(index, epoch)`` along this rank's index stream over ``n`` items, skipping items known
+        to be bad or failing to load (``describe(index)`` names one in the warning); too many failures in a
+        row is an error naming ``source``."""
+        failures = 0
+        for epoch, index in self._index_stream(n):
+            if index in self._bad:
+                failures += 1
+                if failures >= _MAX_CONSECUTIVE_FAILURES:
+                    raise RuntimeError(f"{failures} consecutive items could not be loaded from {source}")
+                continue
+            try:
+                item = self._load(index, epoch)
+            except _LOAD_ERRORS as err:
+                failures = self._skip_failed(index, describe(index), err, failures)
+                continue
+            failures = 0
+            yield item
 
     # ---- folder sources: a permutation per epoch, split across ranks, dealt to workers in blocks
 
