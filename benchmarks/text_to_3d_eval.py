@@ -16,6 +16,7 @@ classifier (``mvdream3d.evaluation``):
 
     python benchmarks/text_to_3d_eval.py --out eval3d                     # default prompts, 2 seeds
     python benchmarks/text_to_3d_eval.py --prompts "a red cube with a yellow nose" --seeds 0 1 2 --steps 400
+    python benchmarks/text_to_3d_eval.py --out eval3d --resume          # after a stop: finished runs are kept
 
 Writes ``OUT/results.json``, ``OUT/results.md`` (the table), ``OUT/turntables.png`` (a row of turntable
 frames per run, every 45 degrees from azimuth 0) and per run the usual text-to-3D outputs.
@@ -206,6 +207,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["multiview", "2d"], choices=["multiview", "2d"])
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--table-only", action="store_true", help="rewrite OUT/results.md from OUT/results.json")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already in OUT/results.json and continue an unfinished run from its checkpoint")
     ap.add_argument("--remeasure-meshes", action="store_true",
                     help="add the mesh verdict to the runs in OUT/results.json from their mesh.glb, then the table")
     ap.add_argument("--merge", nargs="+", default=None, metavar="DIR",
@@ -255,17 +258,24 @@ def main(argv=None) -> int:
     classifier = load_classifier()
     prompts = load_prompts(args.prompts)
     model = resolve_model(args.model)
+    done = {}
+    if args.resume and (out / "results.json").is_file():
+        done = {(r["prompt"], r["method"], r["seed"]): r for r in json.loads((out / "results.json").read_text())}
     rows = []
     for prompt in prompts:
         rows.append(ground_truth_row(prompt, classifier))
         gt = ground_truth_mesh(prompt)
         for seed in args.seeds:
             for method in args.methods:
+                if (prompt.text, method, seed) in done:
+                    rows.append(done[(prompt.text, method, seed)])
+                    continue
                 run_dir = run_dir_of(out, prompt.text, method, seed)
                 overrides = [*args.set, f"guidance.name={method}", "output.preview=false"]
+                resume = args.resume and (run_dir / "checkpoints" / "latest").is_dir()
                 t0 = time.perf_counter()
                 res = text_to_3d(prompt.text, model=model, config=args.config, out=run_dir, steps=args.steps,
-                                 seed=seed, overrides=overrides, progress=False)
+                                 seed=seed, overrides=overrides, progress=False, resume=resume)
                 seconds = time.perf_counter() - t0
                 # rebuild the run from its checkpoint to measure the final field
                 from mvdream3d.threed.config import load_text_to_3d_config
