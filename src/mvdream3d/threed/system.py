@@ -305,7 +305,9 @@ def _write_preview(model: MVDreamModel, prompt: str, cfg: TextTo3DConfig, path: 
     if on_stage is not None:
         callback = _preview_reporter(model, n, on_stage)
         on_stage("preview", 0, n, None)
-    res = pipe(prompt, num_views=4, elevation=e.elevation, guidance_scale=7.5 if model.vae is not None else 5.0,
+    defaults = model.sampling_defaults  # what `generate` shows for this prompt; only the steps are the config's
+    res = pipe(prompt, num_views=4, elevation=e.elevation, guidance_scale=float(defaults["guidance_scale"]),
+               guidance_rescale=float(defaults["guidance_rescale"]), sampler=defaults["sampler"],
                num_inference_steps=n, seed=cfg.optim.seed, negative_prompt=cfg.guidance.negative_prompt,
                device=device, callback=callback)
     res.grid(rows=1).save(path)
