@@ -174,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     done_path = out / "results.json"
     if done_path.is_file():  # an interrupted benchmark: keep the runs finished with the same settings
         old = json.loads(done_path.read_text())
-        if json.dumps(old.get("settings"), default=str) == json.dumps(results["settings"], default=str):
+        def same(a: dict) -> str:  # the run list may grow between invocations: more runs, same settings
+            return json.dumps({k: v for k, v in a.items() if k != "runs"}, default=str)
+
+        if same(old.get("settings", {})) == same(results["settings"]):
             results["runs"] = old["runs"]
             print(f"resuming: {', '.join(results['runs'])} done", file=sys.stderr)
 
