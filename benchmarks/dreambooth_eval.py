@@ -19,7 +19,8 @@ model (and the base model, for reference) is measured:
         --steps 2 --gen-steps 2 --objects 1 --eval-objects 1 --max-prompts 2 --runs full:1,lora:1   # smoke
 
 Writes ``OUT/photos/``, ``OUT/runs/<run>/`` (the DreamBooth outputs, ``subject.png``, ``eval/``),
-``OUT/results.json`` and ``OUT/results.md``.
+``OUT/results.json``, ``OUT/results.md`` (values +- standard errors) and ``OUT/figure.png`` (the photos,
+then two generated objects per run).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def subject_metrics(model_ref: str, prompt: str, attributes: dict, truth: np.nda
                                       clf.config.azimuth_bins))
     summary = summarize(objects)
     summary["subject_accuracy"] = summary.pop("prompt_accuracy")
+    summary["se"]["subject_accuracy"] = summary["se"].pop("prompt_accuracy")
     dist = np.linalg.norm(pred["features"].reshape(args.objects, v, -1) - truth_feats[None], axis=-1)
     summary["feature_distance"] = float(dist.mean())
     return summary
@@ -90,8 +92,24 @@ def forgetting_metrics(model_ref: str, prompts: list[str], out: Path, args) -> d
 
     rep = evaluate(model_ref, out, prompts=prompts, num_objects=args.eval_objects, steps=args.gen_steps,
                    guidance=args.guidance, size=args.size, seed=args.seed, progress=False)
+    return _forgetting_from_report(rep)
+
+
+def _forgetting_from_report(rep: dict) -> dict:
     m = rep["overall"]["model"]
-    return {k: m[k] for k in ("prompt_accuracy", "consistency", "camera_adherence", "janus_rate", "fid")}
+    out = {k: m[k] for k in ("prompt_accuracy", "consistency", "camera_adherence", "janus_rate", "fid")}
+    out["se"] = {k: m["se"][k] for k in ("prompt_accuracy", "consistency", "camera_adherence", "janus_rate")}
+    return out
+
+
+def add_missing_se(results: dict, out: Path) -> None:
+    """Forgetting standard errors for runs recorded before they were kept, from each run's eval report."""
+    for name, r in results["runs"].items():
+        report = out / "runs" / ("base" if name.startswith("base") else name) / "eval" / "report.json"
+        if "se" not in r["forgetting"] and report.is_file():
+            r["forgetting"] = _forgetting_from_report(json.loads(report.read_text()))
+        if "prompt_accuracy" in r["subject"]["se"]:  # the subject's prompt accuracy is its subject accuracy
+            r["subject"]["se"]["subject_accuracy"] = r["subject"]["se"].pop("prompt_accuracy")
 
 
 def parse_runs(text: str) -> list[tuple[str, float]]:
@@ -104,8 +122,11 @@ def parse_runs(text: str) -> list[tuple[str, float]]:
     return runs
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+def _fmt(x, se=None) -> str:
+    if x is None:
+        return "n/a"
+    text = f"{x:.3f}" if isinstance(x, float) else str(x)
+    return text if se is None else f"{text} +- {se:.3f}"
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -115,7 +136,7 @@ def write_markdown(results: dict, path: Path) -> None:
     head = ["run"] + [f"{a}: {b.replace('_', ' ')}" for a, b in cols] + ["train s", "file MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results["runs"].items():
-        cells = [name] + [_fmt(r[a][b]) for a, b in cols]
+        cells = [name] + [_fmt(r[a][b], r[a].get("se", {}).get(b)) for a, b in cols]
         cells += [_fmt(r.get("train_seconds")), _fmt(r.get("file_mb"))]
         lines.append("| " + " | ".join(cells) + " |")
     s = results["settings"]
@@ -123,6 +144,47 @@ def write_markdown(results: dict, path: Path) -> None:
                     f"{s['photos']} photos, {s['steps']} steps, {s['objects']} objects x 4 views, "
                     f"{s['max_prompts'] or 'all'} unrelated prompts x {s['eval_objects']} objects\n\n"
                     + "\n".join(lines) + "\n")
+
+
+def write_figure(results: dict, out: Path, path: Path, objects: int = 2) -> None:
+    """The photos in a row, then per run its first ``objects`` generated objects (4 views each), labelled."""
+    from PIL import Image, ImageDraw
+
+    photos = [Image.open(f).convert("RGB") for f in sorted((out / "photos").glob("*.png"))]
+    rows: list[tuple[str, Image.Image]] = []
+    if photos:
+        strip = Image.new("RGB", (sum(p.width for p in photos), photos[0].height), "white")
+        for i, p in enumerate(photos):
+            strip.paste(p, (i * p.width, 0))
+        rows.append(("the photos", strip))
+    for name in results["runs"]:
+        grid = out / "runs" / ("base" if name.startswith("base") else name) / "subject.png"
+        if grid.is_file():
+            g = Image.open(grid).convert("RGB")
+            cell = g.width // 4  # subject.png: one object per row, 4 views
+            rows.append((name, _side_by_side([g.crop((0, i * cell, g.width, (i + 1) * cell)) for i in range(objects)])))
+    if not rows:
+        return
+    label_h, width = 14, max(im.width for _, im in rows)
+    canvas = Image.new("RGB", (width, sum(im.height + label_h for _, im in rows)), "white")
+    draw, y = ImageDraw.Draw(canvas), 0
+    for label, im in rows:
+        draw.text((2, y + 1), label, fill="black")
+        canvas.paste(im, (0, y + label_h))
+        y += im.height + label_h
+    canvas.resize((canvas.width * 2, canvas.height * 2), Image.NEAREST).save(path)
+
+
+def _side_by_side(images: list) -> object:
+    from PIL import Image
+
+    gap = 8
+    strip = Image.new("RGB", (sum(im.width for im in images) + gap * (len(images) - 1), images[0].height), "white")
+    x = 0
+    for im in images:
+        strip.paste(im, (x, 0))
+        x += im.width + gap
+    return strip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     done_path = out / "results.json"
     if done_path.is_file():  # an interrupted benchmark: keep the runs finished with the same settings
         old = json.loads(done_path.read_text())
-        if json.dumps(old.get("settings"), default=str) == json.dumps(results["settings"], default=str):
+        def same(a: dict) -> str:  # the run list may grow between invocations: more runs, same settings
+            return json.dumps({k: v for k, v in a.items() if k != "runs"}, default=str)
+
+        if same(old.get("settings", {})) == same(results["settings"]):
             results["runs"] = old["runs"]
             print(f"resuming: {', '.join(results['runs'])} done", file=sys.stderr)
 
@@ -211,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             "file_mb": round(res.model_path.stat().st_size / 2**20, 3),
             "final_preservation": res.history[-1]["preservation"]}
         save()
+    add_missing_se(results, out)
+    save()
     write_markdown(results, out / "results.md")
+    write_figure(results, out, out / "figure.png")
     print((out / "results.md").read_text())
     return 0
 
