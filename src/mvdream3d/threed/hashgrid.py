@@ -89,10 +89,11 @@ class _LerpPairs(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # (F, L, 2, *rest, N)
             if torch.is_grad_enabled():  # create_graph: differentiable operations
                 grad_t = torch.stack([g * (1 - wb), g * wb], dim=2)
-            else:  # the two products written straight into their halves (no stack copy)
+            else:  # the two products written straight into their halves (no stack copy); the weights expanded
+                # to g's shape first: a multiplication into a strided output broadcasting them is ~1.5x slower
                 grad_t = g.new_empty((g.shape[0], g.shape[1], 2, *g.shape[2:]))
-                torch.mul(g, 1 - wb, out=grad_t[:, :, 0])
-                torch.mul(g, wb, out=grad_t[:, :, 1])
+                torch.mul(g, (1 - wb).expand_as(g), out=grad_t[:, :, 0])
+                torch.mul(g, wb.expand_as(g), out=grad_t[:, :, 1])
         if ctx.needs_input_grad[1]:
             a, b = t.unbind(2)
             grad_w = (g * (b - a)).sum(0)  # (L, *rest, N)
@@ -140,6 +141,13 @@ class HashGridEncoding(nn.Module):
         # Corner indices are computed in int64 (the hash's products overflow int32) and stored in int32 when
         # every table index fits: they are the largest tensors autograd keeps for the backward pass.
         self._index_dtype = torch.int32 if sum(sizes) < 2**31 else torch.int64
+        # Runs of levels computed together: the dense levels (the coarse ones) and the hashed ones.
+        n_dense = sum(not h for h in self.hashed)
+        self._level_groups = [g for g in (slice(0, n_dense), slice(n_dense, n_levels)) if g.stop > g.start]
+        self._res_table = torch.tensor(self.resolutions, dtype=torch.float32)[:, None, None]  # (L, 1, 1)
+        self._dense_scale = torch.tensor([[1, r + 1, (r + 1) ** 2] for r in self.resolutions])[:, :, None]
+        self._hash_scale = torch.tensor(_PRIMES)[None, :, None]  # (1, 3, 1)
+        self._offsets = torch.tensor(self.level_offsets)[:, None, None, None, None]  # (L, 1, 1, 1, 1)
         self.table = nn.Parameter(torch.empty(n_features_per_level, sum(sizes)).uniform_(-init_scale, init_scale))
 
     def extra_repr(self) -> str:
@@ -157,49 +165,93 @@ class HashGridEncoding(nn.Module):
         Returns:
             (N, output_dim) features, dtype of the table.
         """
+        return self._chunked(x, jacobian=False)[0]
+
+    def forward_with_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode points and differentiate the encoding w.r.t. them in the same pass (forward mode).
+
+        Args:
+            x: (N, 3) coordinates in [0, 1] (clamped).
+
+        Returns:
+            ``features`` (N, output_dim), the same numbers as ``forward(x)``, and ``jacobian`` (3, N, output_dim)
+            with ``jacobian[d] = d features / d x[:, d]``: the derivative autograd would give (the cell's
+            trilinear blend differentiated with the cell fixed, zero along an axis where ``x`` is outside [0, 1]).
+            Both are ordinary autograd results, differentiable w.r.t. the table (and ``x``); the jacobian is
+            linear in the table, so a loss on it (analytic normals) needs a first-order backward only, not the
+            double backward of ``autograd.grad(..., create_graph=True)``.
+        """
+        feats, jac = self._chunked(x, jacobian=True)
+        assert jac is not None
+        return feats, jac
+
+    def _chunked(self, x: Tensor, jacobian: bool) -> tuple[Tensor, Tensor | None]:
         if x.ndim != 2 or x.shape[-1] != 3:
             raise ValueError(f"x must be (N, 3), got {tuple(x.shape)}")
-        x = x.to(self.table.dtype).clamp(0.0, 1.0)
+        x = x.to(self.table.dtype)
+        inside = ((x >= 0) & (x <= 1)).t() if jacobian else None  # (3, N): where the clamp passes the derivative
+        x = x.clamp(0.0, 1.0)
         # Chunking also under autograd: small chunks stay in cache and measured ~2x faster than one big
         # batch, although each chunk's backward writes one table-sized gradient.
         if x.shape[0] <= self.chunk_size:
-            return self._encode(x)
-        return torch.cat([self._encode(c) for c in x.split(self.chunk_size)], dim=0)
+            feats, jac = self._encode(x, jacobian)
+        else:
+            parts = [self._encode(c, jacobian) for c in x.split(self.chunk_size)]
+            feats = torch.cat([p[0] for p in parts], dim=0)
+            jac = torch.cat([p[1] for p in parts], dim=1) if jacobian else None
+        if jac is not None:
+            jac = jac * inside[:, :, None].to(jac.dtype)
+        return feats, jac
 
-    def _encode(self, x: Tensor) -> Tensor:
+    def _encode(self, x: Tensor, jacobian: bool = False) -> tuple[Tensor, Tensor | None]:
+        """(N, output_dim) features of (N, 3) clamped points and, with ``jacobian``, (3, N, output_dim)
+        derivatives w.r.t. the points (inside the cells, before the clamp)."""
         xt = x.t().contiguous()  # (3, N)
         n = xt.shape[1]
         # (L, 2, 2, 2, N), int32 where the table allows: kept for the backward pass, half of int64's memory.
         # Each level's int64 indices are converted while being written in place (no stack, no extra pass).
         index = torch.empty((self.n_levels, 2, 2, 2, n), dtype=self._index_dtype, device=xt.device)
-        fracs = []
-        for level in range(self.n_levels):
-            level_index, frac = self._corners(xt, level)
-            index[level].copy_(level_index)
-            fracs.append(frac)
-        fx, fy, fz = torch.stack(fracs).unbind(1)  # (L, N) each
+        fracs = [self._corners(xt, levels, index[levels]) for levels in self._level_groups]
+        fx, fy, fz = (torch.cat(fracs) if len(fracs) > 1 else fracs[0]).unbind(1)  # (L, N) each
         # One lookup for all levels: its backward is a single scatter into one table-sized gradient.
-        feats = _gather_columns(self.table, index.view(-1)).view(self.n_features_per_level, self.n_levels, 2, 2, 2, n)
-        feats = _LerpPairs.apply(feats, fx)  # (F, L, 2, 2, N)
-        feats = _LerpPairs.apply(feats, fy)  # (F, L, 2, N)
-        feats = _LerpPairs.apply(feats, fz)  # (F, L, N)
-        return feats.permute(2, 1, 0).reshape(n, self.output_dim)  # level-major columns
+        corners = _gather_columns(self.table, index.view(-1)).view(self.n_features_per_level, self.n_levels,
+                                                                    2, 2, 2, n)
+        along_x = _LerpPairs.apply(corners, fx)  # (F, L, 2, 2, N)
+        along_xy = _LerpPairs.apply(along_x, fy)  # (F, L, 2, N)
+        feats = _LerpPairs.apply(along_xy, fz)  # (F, L, N)
+        out = feats.permute(2, 1, 0).reshape(n, self.output_dim)  # level-major columns
+        if not jacobian:
+            return out, None
+        # d feats / d frac along each axis: the blend of the differences across the cell along that axis
+        d_z = along_xy[:, :, 1] - along_xy[:, :, 0]  # (F, L, N)
+        d_y = _LerpPairs.apply(along_x[:, :, 1] - along_x[:, :, 0], fz)
+        d_x = _LerpPairs.apply(_LerpPairs.apply(corners[:, :, 1] - corners[:, :, 0], fy), fz)
+        # frac = x * res - floor(x * res): d frac / d x = res of the level
+        res = torch.tensor(self.resolutions, dtype=feats.dtype, device=feats.device)[:, None]  # (L, 1)
+        jac = torch.stack([d_x, d_y, d_z]) * res  # (3, F, L, N)
+        return out, jac.permute(0, 3, 2, 1).reshape(3, n, self.output_dim)
 
-    def _corners(self, xt: Tensor, level: int) -> tuple[Tensor, Tensor]:
-        """Table indices of the 8 cell corners, (2, 2, 2, N) with corner (a, b, c) at [a, b, c], and the
-        position inside the cell, (3, N) in [0, 1], for (3, N) coordinates."""
-        res = self.resolutions[level]
-        pos = xt * res
+    def _corners(self, xt: Tensor, levels: slice, out: Tensor) -> Tensor:
+        """Table indices of the 8 cell corners of (3, N) coordinates at a run of levels that are all dense or all
+        hashed, written into ``out`` (G, 2, 2, 2, N) with corner (a, b, c) at [:, a, b, c]; returns the positions
+        inside the cells, (G, 3, N) in [0, 1]. All levels of the run at once (one operation per step, not one per
+        level); the indices are those of the per-level formulas bit for bit."""
+        res = self._res_table[levels].to(xt)  # (G, 1, 1), exact integers
+        pos = xt * res  # (G, 3, N)
         # x == 1 lands on the last vertex: use the last cell with weight 1 on its far corner.
-        lower = pos.detach().floor().clamp(max=res - 1)
+        lower = pos.detach().floor()
+        lower = torch.minimum(lower, res - 1, out=lower)
         frac = pos - lower
-
-        if self.hashed[level]:
-            axis_scale = torch.tensor(_PRIMES, device=xt.device)[:, None]
-        else:
-            axis_scale = torch.tensor([1, res + 1, (res + 1) ** 2], device=xt.device)[:, None]
-        near = lower.long() * axis_scale  # (3, N): index term of the lower corner along each axis
-        terms = torch.stack([near, near + axis_scale], dim=1)  # (3, 2, N)
-        tx, ty, tz = terms[0][:, None, None], terms[1][None, :, None], terms[2][None, None, :]
-        index = (tx ^ ty ^ tz) & (self.table_size - 1) if self.hashed[level] else tx + ty + tz
-        return index.add_(self.level_offsets[level]), frac
+        hashed = self.hashed[levels.start]
+        axis_scale = (self._hash_scale if hashed else self._dense_scale[levels]).to(xt.device)  # (G or 1, 3, 1)
+        near = lower.long().mul_(axis_scale)  # (G, 3, N): index term of the lower corner along each axis
+        terms = torch.stack([near, near.add(axis_scale)], dim=2)  # (G, 3, 2, N)
+        if hashed:  # (a ^ b ^ c) & m == (a & m) ^ (b & m) ^ (c & m): mask first, then combine in the index dtype
+            terms = terms.bitwise_and_(self.table_size - 1).to(out.dtype)
+        else:  # dense: every term fits the index dtype
+            terms = terms.to(out.dtype)
+        tx, ty, tz = terms[:, 0, :, None, None], terms[:, 1, None, :, None], terms[:, 2, None, None, :]
+        combine = torch.bitwise_xor if hashed else torch.add
+        combine(combine(tx, ty), tz, out=out)
+        out += self._offsets[levels].to(out)
+        return frac
