@@ -17,8 +17,9 @@ the lookups and the trilinear blend run over contiguous memory (about twice as f
 (entries, F)). ``level_offsets[l]`` is where level ``l`` starts. Corner indices are computed level by
 level (dense and hashed levels differ); the lookup and the blend then run for all levels at once.
 
-Memory and speed: points are encoded ``chunk_size`` (default 32768) at a time, so transient buffers stay
-small (~0.3 kB per level per point of a chunk) and in cache. Under autograd the tensors the backward
+Memory and speed: points are encoded ``chunk_size`` (default: 8192 to 32768 by the table's size,
+:meth:`HashGridEncoding.default_chunk_size`) at a time, so transient buffers stay small (~0.3 kB per level
+per point of a chunk) and in cache. Under autograd the tensors the backward
 pass needs (corner indices, stored as int32 when the table allows; gathered features; partial blends:
 ~0.15 kB per level per point) are kept for *every* point: 1M points (4 views x 64x64 rays x 64 samples)
 with 16 levels hold about 2.5 GB until backward; each chunk's backward also adds one table-sized gradient
@@ -117,7 +118,7 @@ class HashGridEncoding(nn.Module):
         base_resolution: int = 16,
         max_resolution: int = 4096,
         init_scale: float = 1e-4,
-        chunk_size: int = 1 << 15,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if n_levels < 1 or n_features_per_level < 1:
@@ -128,7 +129,6 @@ class HashGridEncoding(nn.Module):
         self.n_features_per_level = n_features_per_level
         self.output_dim = n_levels * n_features_per_level
         self.table_size = 1 << log2_hashmap_size
-        self.chunk_size = chunk_size
 
         growth = math.exp((math.log(max_resolution) - math.log(base_resolution)) / max(n_levels - 1, 1))
         # The epsilon keeps e.g. 16 * b**15 = 4095.9999... from flooring to 4095.
@@ -141,6 +141,9 @@ class HashGridEncoding(nn.Module):
         # Corner indices are computed in int64 (the hash's products overflow int32) and stored in int32 when
         # every table index fits: they are the largest tensors autograd keeps for the backward pass.
         self._index_dtype = torch.int32 if sum(sizes) < 2**31 else torch.int64
+        if chunk_size is None:
+            chunk_size = self.default_chunk_size(n_levels, sum(sizes))
+        self.chunk_size = int(chunk_size)
         # Runs of levels computed together: the dense levels (the coarse ones) and the hashed ones.
         n_dense = sum(not h for h in self.hashed)
         self._level_groups = [g for g in (slice(0, n_dense), slice(n_dense, n_levels)) if g.stop > g.start]
@@ -149,6 +152,16 @@ class HashGridEncoding(nn.Module):
         self._hash_scale = torch.tensor(_PRIMES)[None, :, None]  # (1, 3, 1)
         self._offsets = torch.tensor(self.level_offsets)[:, None, None, None, None]  # (L, 1, 1, 1, 1)
         self.table = nn.Parameter(torch.empty(n_features_per_level, sum(sizes)).uniform_(-init_scale, init_scale))
+
+    @staticmethod
+    def default_chunk_size(n_levels: int, table_entries: int) -> int:
+        """Points per chunk: the power of two, between 8192 and 32768, nearest above twice the table's size in
+        gathered values (``table_entries * F * 2 / (n_levels * 8 * F)``). Smaller chunks keep the gathered
+        corners in cache (8192 is about 6 % faster than 32768 for the builtin recipe's field, render and
+        backward); each chunk's backward adds one table-sized gradient, which a chunk must outweigh (the
+        published recipe's 2^19 table keeps 32768)."""
+        points = 2 * table_entries // (n_levels * 8)
+        return min(1 << 15, max(1 << 13, 1 << max(points - 1, 1).bit_length()))
 
     def extra_repr(self) -> str:
         dense = sum(not h for h in self.hashed)
