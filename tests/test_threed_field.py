@@ -7,6 +7,7 @@ one CPU thread. Rendering and export are checked against an analytic sphere fiel
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import imageio.v2 as imageio_v2
 import imageio.v3 as iio
@@ -190,6 +191,13 @@ def test_hash_grid_jacobian_is_autograds_derivative() -> None:
         torch.testing.assert_close(jac[:, :, k].t(), g, rtol=1e-12, atol=1e-12)
     assert jac[0, 2].abs().sum() == 0 and jac[2, 2].abs().sum() == 0 and jac[1, 3].abs().sum() == 0  # outside
     assert jac[0, 0].abs().sum() > 0  # x == 1: the last cell's slope
+    # forward_with_vjp: the same features, and the jacobian applied to per-point weights
+    feats_v, vjp = enc.forward_with_vjp(x)
+    assert torch.equal(feats_v, feats)
+    w = torch.randn(150, enc.output_dim, dtype=torch.float64)
+    torch.testing.assert_close(vjp(w), (jac * w).sum(-1).t(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="w must be"):
+        vjp(w[:3])
 
 
 def test_hash_grid_jacobian_gradients_gradcheck() -> None:
@@ -202,14 +210,16 @@ def test_hash_grid_jacobian_gradients_gradcheck() -> None:
     table = enc.table.detach().clone().requires_grad_(True)
 
     assert torch.autograd.gradcheck(lambda t, p: _with_table(enc, t, p), (table, x))
+    w = torch.randn(6, enc.output_dim, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, p, v: _with_table(enc, t, p, vjp=True)[1](v), (table, x, w))
 
 
-def _with_table(enc: HashGridEncoding, table: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+def _with_table(enc: HashGridEncoding, table: Tensor, x: Tensor, vjp: bool = False) -> tuple[Tensor, Any]:
     saved = enc.table
     try:
         del enc.table
-        enc.table = table  # a plain tensor attribute for the call
-        return enc.forward_with_jacobian(x)
+        enc.table = table  # a plain tensor attribute for the call (vjp: also for the function's later calls)
+        return enc.forward_with_vjp(x) if vjp else enc.forward_with_jacobian(x)
     finally:
         del enc.table
         enc.table = saved

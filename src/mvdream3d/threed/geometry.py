@@ -108,8 +108,8 @@ class ImplicitVolume(nn.Module):
 
     def _forward_analytic(self, points: Tensor) -> dict[str, Tensor]:
         """Density, albedo and the normal from the density's gradient, computed next to the field instead of by
-        ``autograd.grad(density, points, create_graph=True)``: the encoding's jacobian
-        (``HashGridEncoding.forward_with_jacobian``) contracted with the raw density's gradient w.r.t. the features
+        ``autograd.grad(density, points, create_graph=True)``: the encoding's derivatives
+        (``HashGridEncoding.forward_with_vjp``) contracted with the raw density's gradient w.r.t. the features
         (the MLP's backward for one output, written out: ReLU masks times weights). The same derivative (up to
         the order of the additions), but its graph is first order in the parameters: a loss on normals costs one
         ordinary backward, not a double backward. MLPs other than Linear / ReLU stacks take the autograd route."""
@@ -118,8 +118,9 @@ class ImplicitVolume(nn.Module):
             return self._forward_analytic_autograd(points)
         two_r = 2.0 * self.radius
         scaled = (points + self.radius) / two_r
-        inside = ((scaled >= 0) & (scaled <= 1)).t().to(points.dtype)  # (3, N): the clamp's derivative
-        h, jac = self.encoding.forward_with_jacobian(scaled.clamp(0.0, 1.0))  # (N, D), (3, N, D)
+        inside = ((scaled >= 0) & (scaled <= 1)).to(points.dtype)  # (N, 3): the clamp's derivative
+        h, vjp = self.encoding.forward_with_vjp(scaled.clamp(0.0, 1.0))  # (N, D) features
+        h0 = h
         masks: list[Tensor | None] = []
         for layer in layers[:-1]:
             if isinstance(layer, nn.Linear):
@@ -134,7 +135,7 @@ class ImplicitVolume(nn.Module):
         v: Tensor = layers[-1].weight[0]
         for layer, mask in zip(reversed(layers[:-1]), reversed(masks), strict=True):
             v = v @ layer.weight if mask is None else v * mask.to(h.dtype)
-        d_raw = ((jac * v).sum(-1) * inside).t().contiguous() / two_r  # (N, 3), row-major: d raw / d points
+        d_raw = vjp(v.expand_as(h0) if v.ndim == 1 else v) * inside / two_r  # (N, 3): d raw / d points
         pre = raw + self.density_bias(points)
         density = F.softplus(pre)
         # d softplus(pre) / d pre, as autograd computes it (1 above softplus' threshold of 20)

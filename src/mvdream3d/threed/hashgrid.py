@@ -30,6 +30,7 @@ levels, when memory is short.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -194,11 +195,37 @@ class HashGridEncoding(nn.Module):
             linear in the table, so a loss on it (analytic normals) needs a first-order backward only, not the
             double backward of ``autograd.grad(..., create_graph=True)``.
         """
-        feats, jac = self._chunked(x, jacobian=True)
-        assert jac is not None
-        return feats, jac
+        feats, derivs, inside = self._chunked(x, jacobian=True)
+        res = self._res_table.view(1, 1, -1, 1).to(feats)  # (1, 1, L, 1): d frac / d x = res of the level
+        jac = torch.cat([(d * res).permute(0, 3, 2, 1).reshape(3, d.shape[-1], self.output_dim) for d in derivs], 1)
+        return feats, jac * inside[:, :, None].to(jac.dtype)
 
-    def _chunked(self, x: Tensor, jacobian: bool) -> tuple[Tensor, Tensor | None]:
+    def forward_with_vjp(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """Encode points and return, with the features, the per-point vector-jacobian product: a function
+        ``vjp(w)`` of ``w`` (N, output_dim) giving (N, 3) ``sum_k w[n, k] * d features[n, k] / d x[n]``, i.e.
+        ``(forward_with_jacobian(x)[1] * w).sum(-1).t()`` (up to the order of the additions) without
+        materialising the (3, N, output_dim) jacobian: the gradient w.r.t. the points of any per-point function
+        of the features whose gradient w.r.t. the features is ``w``. Differentiable (first order) w.r.t. the
+        table and ``w``; a loss on it needs no double backward."""
+        feats, derivs, inside = self._chunked(x, jacobian=True)
+        n_levels, n_feat = self.n_levels, self.n_features_per_level
+
+        def vjp(w: Tensor) -> Tensor:
+            if tuple(w.shape) != tuple(feats.shape):
+                raise ValueError(f"w must be (N, output_dim) = {tuple(feats.shape)}, got {tuple(w.shape)}")
+            res = self._res_table.view(1, -1, 1).to(w)  # (1, L, 1)
+            w_fln = (w.view(-1, n_levels, n_feat).permute(2, 1, 0) * res).contiguous()  # (F, L, N), times d frac/d x
+            # one split (its backward is one concatenation; slices would each zero-fill a whole-sized gradient)
+            pieces = w_fln.split([d.shape[-1] for d in derivs], dim=2)
+            out = [(d * wc).sum((1, 2)) for d, wc in zip(derivs, pieces, strict=True)]  # (3, n) per chunk
+            g = torch.cat(out, 1) if len(out) > 1 else out[0]
+            return (g * inside.to(g.dtype)).t().contiguous()
+
+        return feats, vjp
+
+    def _chunked(self, x: Tensor, jacobian: bool) -> tuple[Tensor, list[Tensor], Tensor | None]:
+        """Features (N, output_dim) of (N, 3) points, chunk by chunk; with ``jacobian`` also each chunk's (3, F, L, n)
+        derivatives w.r.t. the position in the cells and the (3, N) mask of coordinates inside [0, 1]."""
         if x.ndim != 2 or x.shape[-1] != 3:
             raise ValueError(f"x must be (N, 3), got {tuple(x.shape)}")
         x = x.to(self.table.dtype)
@@ -207,18 +234,15 @@ class HashGridEncoding(nn.Module):
         # Chunking also under autograd: small chunks stay in cache and measured ~2x faster than one big
         # batch, although each chunk's backward writes one table-sized gradient.
         if x.shape[0] <= self.chunk_size:
-            feats, jac = self._encode(x, jacobian)
-        else:
-            parts = [self._encode(c, jacobian) for c in x.split(self.chunk_size)]
-            feats = torch.cat([p[0] for p in parts], dim=0)
-            jac = torch.cat([p[1] for p in parts], dim=1) if jacobian else None
-        if jac is not None:
-            jac = jac * inside[:, :, None].to(jac.dtype)
-        return feats, jac
+            feats, d = self._encode(x, jacobian)
+            return feats, [d] if d is not None else [], inside
+        parts = [self._encode(c, jacobian) for c in x.split(self.chunk_size)]
+        feats = torch.cat([p[0] for p in parts], dim=0)
+        return feats, [p[1] for p in parts if p[1] is not None], inside
 
     def _encode(self, x: Tensor, jacobian: bool = False) -> tuple[Tensor, Tensor | None]:
-        """(N, output_dim) features of (N, 3) clamped points and, with ``jacobian``, (3, N, output_dim)
-        derivatives w.r.t. the points (inside the cells, before the clamp)."""
+        """(N, output_dim) features of (N, 3) clamped points and, with ``jacobian``, (3, F, L, N) derivatives of the
+        (F, L, N) blends w.r.t. the position inside the cells (times the level's resolution: w.r.t. the points)."""
         xt = x.t().contiguous()  # (3, N)
         n = xt.shape[1]
         # (L, 2, 2, 2, N), int32 where the table allows: kept for the backward pass, half of int64's memory.
@@ -236,13 +260,15 @@ class HashGridEncoding(nn.Module):
         if not jacobian:
             return out, None
         # d feats / d frac along each axis: the blend of the differences across the cell along that axis
-        d_z = along_xy[:, :, 1] - along_xy[:, :, 0]  # (F, L, N)
-        d_y = _LerpPairs.apply(along_x[:, :, 1] - along_x[:, :, 0], fz)
-        d_x = _LerpPairs.apply(_LerpPairs.apply(corners[:, :, 1] - corners[:, :, 0], fy), fz)
-        # frac = x * res - floor(x * res): d frac / d x = res of the level
-        res = torch.tensor(self.resolutions, dtype=feats.dtype, device=feats.device)[:, None]  # (L, 1)
-        jac = torch.stack([d_x, d_y, d_z]) * res  # (3, F, L, N)
-        return out, jac.permute(0, 3, 2, 1).reshape(3, n, self.output_dim)
+        # (unbind, not two selects: its backward stacks the halves' gradients instead of zero-filling the whole twice)
+        def across(t: Tensor) -> Tensor:
+            low, high = t.unbind(2)
+            return high - low
+
+        d_z = across(along_xy)  # (F, L, N)
+        d_y = _LerpPairs.apply(across(along_x), fz)
+        d_x = _LerpPairs.apply(_LerpPairs.apply(across(corners), fy), fz)
+        return out, torch.stack([d_x, d_y, d_z])  # (3, F, L, N)
 
     def _corners(self, xt: Tensor, levels: slice, out: Tensor) -> Tensor:
         """Table indices of the 8 cell corners of (3, N) coordinates at a run of levels that are all dense or all
