@@ -10,8 +10,9 @@ features into one raw density and three albedo logits::
 The blob bias (Magic3D's initialisation) starts the optimisation from a soft ball of radius about
 ``density_blob_std`` instead of empty space. Normals point outwards, ``-grad(density) / |grad(density)|``,
 by central finite differences (6 extra density evaluations at ``p +- eps`` along the axes, ``eps`` in
-world units) or analytically: the exact gradient, carried through the encoding and the MLP in forward mode
-next to the field's values, so losses on normals reach the field through an ordinary (first-order) backward.
+world units) or analytically: the exact gradient, computed next to the field's values (the hash grid's
+derivatives from its trilinear blend, contracted with the MLP's gradient for the density), so losses on
+normals reach the field through an ordinary (first-order) backward instead of a double backward.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class ImplicitVolume(nn.Module):
         Args:
             points: (N, 3) world coordinates.
             with_normal: also return unit outward normals (costs 6 extra density queries with finite
-                differences, the encoding's jacobian with analytic normals).
+                differences, the encoding's derivatives and a few per-point products with analytic normals).
 
         Returns:
             ``density`` (N, 1) >= 0, ``albedo`` (N, 3) in (0, 1), and ``normal`` (N, 3) unit vectors

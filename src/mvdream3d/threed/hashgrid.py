@@ -14,8 +14,10 @@ w.r.t. both the table and ``x`` (analytic normals need the latter, including dou
 
 All levels share one parameter, ``table`` of shape (F, sum of per-level sizes): feature-major, so that
 the lookups and the trilinear blend run over contiguous memory (about twice as fast on CPU as
-(entries, F)). ``level_offsets[l]`` is where level ``l`` starts. Corner indices are computed level by
-level (dense and hashed levels differ); the lookup and the blend then run for all levels at once.
+(entries, F)). ``level_offsets[l]`` is where level ``l`` starts. Corner indices are computed for all dense
+levels at once and for all hashed levels at once; the lookup and the blend then run for all levels at once.
+``forward_with_jacobian`` / ``forward_with_vjp`` also give the derivatives w.r.t. the points from the same
+blend (analytic normals without a double backward).
 
 Memory and speed: points are encoded ``chunk_size`` (default: 8192 to 32768 by the table's size,
 :meth:`HashGridEncoding.default_chunk_size`) at a time, so transient buffers stay small (~0.3 kB per level
@@ -246,7 +248,7 @@ class HashGridEncoding(nn.Module):
         xt = x.t().contiguous()  # (3, N)
         n = xt.shape[1]
         # (L, 2, 2, 2, N), int32 where the table allows: kept for the backward pass, half of int64's memory.
-        # Each level's int64 indices are converted while being written in place (no stack, no extra pass).
+        # The dense levels' indices are computed in the index dtype, the hashed ones' masked int64 terms converted.
         index = torch.empty((self.n_levels, 2, 2, 2, n), dtype=self._index_dtype, device=xt.device)
         fracs = [self._corners(xt, levels, index[levels]) for levels in self._level_groups]
         fx, fy, fz = (torch.cat(fracs) if len(fracs) > 1 else fracs[0]).unbind(1)  # (L, N) each
@@ -260,8 +262,9 @@ class HashGridEncoding(nn.Module):
         if not jacobian:
             return out, None
         # d feats / d frac along each axis: the blend of the differences across the cell along that axis
-        # (unbind, not two selects: its backward stacks the halves' gradients instead of zero-filling the whole twice)
         def across(t: Tensor) -> Tensor:
+            """t[:, :, 1] - t[:, :, 0] through unbind, whose backward stacks the two halves' gradients (two selects'
+            backward would zero-fill a whole-sized gradient each)."""
             low, high = t.unbind(2)
             return high - low
 
