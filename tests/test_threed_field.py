@@ -7,6 +7,7 @@ one CPU thread. Rendering and export are checked against an analytic sphere fiel
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import imageio.v2 as imageio_v2
 import imageio.v3 as iio
@@ -171,6 +172,59 @@ def test_hash_grid_blend_backward_matches_autograd_lerp() -> None:
     assert torch.autograd.gradgradcheck(_LerpPairs.apply, (t, w))
 
 
+def test_hash_grid_jacobian_is_autograds_derivative() -> None:
+    # forward_with_jacobian: the same features as forward, and d features / d x as autograd computes it, for
+    # points inside the cube, on its faces (x == 1 continues the last cell) and outside (clamped: zero)
+    torch.manual_seed(0)
+    enc = HashGridEncoding(n_levels=4, log2_hashmap_size=10, base_resolution=4, max_resolution=64, init_scale=1.0,
+                           chunk_size=64).double()
+    x = torch.rand(150, 3, dtype=torch.float64)
+    x[:4] = torch.tensor([[1.0, 0.5, 0.3], [0.0, 0.2, 1.0], [1.2, 0.5, -0.1], [0.4, -0.3, 0.9]], dtype=torch.float64)
+    feats, jac = enc.forward_with_jacobian(x)
+    assert feats.shape == (150, enc.output_dim) and jac.shape == (3, 150, enc.output_dim)
+    with torch.no_grad():
+        assert torch.equal(feats, enc(x))
+    xg = x.clone().requires_grad_(True)
+    y = enc(xg)
+    for k in range(enc.output_dim):  # points are independent: d y[:, k].sum() / d x = d y[n, k] / d x[n]
+        (g,) = torch.autograd.grad(y[:, k].sum(), xg, retain_graph=True)
+        torch.testing.assert_close(jac[:, :, k].t(), g, rtol=1e-12, atol=1e-12)
+    assert jac[0, 2].abs().sum() == 0 and jac[2, 2].abs().sum() == 0 and jac[1, 3].abs().sum() == 0  # outside
+    assert jac[0, 0].abs().sum() > 0  # x == 1: the last cell's slope
+    # forward_with_vjp: the same features, and the jacobian applied to per-point weights
+    feats_v, vjp = enc.forward_with_vjp(x)
+    assert torch.equal(feats_v, feats)
+    w = torch.randn(150, enc.output_dim, dtype=torch.float64)
+    torch.testing.assert_close(vjp(w), (jac * w).sum(-1).t(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="w must be"):
+        vjp(w[:3])
+
+
+def test_hash_grid_jacobian_gradients_gradcheck() -> None:
+    # the jacobian's graph (w.r.t. the table: what a loss on analytic normals uses; w.r.t. the points: second
+    # derivatives) against finite differences, float64, a few points away from cell faces
+    torch.manual_seed(1)
+    enc = HashGridEncoding(n_levels=2, log2_hashmap_size=6, base_resolution=2, max_resolution=6, init_scale=1.0,
+                           chunk_size=4).double()
+    x = (torch.rand(6, 3, dtype=torch.float64) * 0.8 + 0.1).requires_grad_(True)
+    table = enc.table.detach().clone().requires_grad_(True)
+
+    assert torch.autograd.gradcheck(lambda t, p: _with_table(enc, t, p), (table, x))
+    w = torch.randn(6, enc.output_dim, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, p, v: _with_table(enc, t, p, vjp=True)[1](v), (table, x, w))
+
+
+def _with_table(enc: HashGridEncoding, table: Tensor, x: Tensor, vjp: bool = False) -> tuple[Tensor, Any]:
+    saved = enc.table
+    try:
+        del enc.table
+        enc.table = table  # a plain tensor attribute for the call (vjp: also for the function's later calls)
+        return enc.forward_with_vjp(x) if vjp else enc.forward_with_jacobian(x)
+    finally:
+        del enc.table
+        enc.table = saved
+
+
 def test_hash_grid_is_continuous_and_chunking_is_exact() -> None:
     torch.manual_seed(0)
     enc = HashGridEncoding(n_levels=4, log2_hashmap_size=10, base_resolution=4, max_resolution=64, init_scale=1.0,
@@ -214,6 +268,43 @@ def test_implicit_volume_blob_init_normals_and_parameter_groups() -> None:
     groups = field.parameter_groups(0.01, 1e-3)
     assert [g["lr"] for g in groups] == [0.01, 1e-3]
     assert sum(len(g["params"]) for g in groups) == len(list(field.parameters()))
+
+
+def test_analytic_normals_and_their_gradients_equal_autograds() -> None:
+    # the normals computed next to the field (encoding jacobian + the MLP's derivative written out) against
+    # autograd.grad(density, points, create_graph=True): the same normals, and a loss on them gives the same
+    # table / MLP gradients (first-order graph against double backward) and point gradients, float64
+    torch.manual_seed(0)
+    field = ImplicitVolume(normal_type="analytic", **{**TINY_FIELD, "mlp_layers": 2}).double()
+    with torch.no_grad():
+        field.encoding.table.uniform_(-1, 1)
+    points = (torch.rand(400, 3, dtype=torch.float64) * 2 - 1) * 1.05  # some outside the box (clamped)
+    direction = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
+    results = []
+    for fn in (field._forward_analytic, field._forward_analytic_autograd):
+        field.zero_grad()
+        p = points.clone().requires_grad_(True)
+        out = fn(p)
+        loss = (out["normal"] * direction).sum() + 0.01 * out["density"].sum() + out["albedo"].sum()
+        (gp,) = torch.autograd.grad(loss, p, retain_graph=True)
+        loss.backward()
+        results.append([out["normal"].detach(), out["density"].detach(), gp, field.encoding.table.grad.clone(),
+                        *[q.grad.clone() for q in field.mlp.parameters()]])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    assert results[0][3].abs().sum() > 0 and results[0][2].abs().sum() > 0
+    with torch.no_grad():  # without gradients: plain tensors, the same normals
+        torch.testing.assert_close(field(points, with_normal=True)["normal"], results[1][0], rtol=1e-9, atol=1e-10)
+
+
+def test_analytic_normals_of_other_mlps_take_autograds_route() -> None:
+    torch.manual_seed(0)
+    field = ImplicitVolume(normal_type="analytic", **TINY_FIELD)
+    field.mlp[1] = nn.Softplus()  # not a Linear / ReLU stack: the derivative is autograd's
+    points = F.normalize(torch.randn(64, 3), dim=-1) * 0.3
+    out = field(points, with_normal=True)
+    torch.testing.assert_close(out["normal"], field._forward_analytic_autograd(points)["normal"])
+    assert out["normal"].requires_grad
 
 
 @pytest.mark.parametrize("normal_type", ["finite_difference", "analytic"])

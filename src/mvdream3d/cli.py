@@ -59,6 +59,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--views must be >= 1, got {args.views}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.compile:  # before loading anything: a missing compiler is reported at once
+        from .compiling import check_compile_support
+
+        check_compile_support(args.device)
     pipe = _load_pipeline(args)
     defaults = pipe.model.sampling_defaults  # the model's evaluated settings fill what is not given
     args.sampler = args.sampler or defaults["sampler"]
@@ -74,7 +78,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         azimuth_start=args.azimuth_start, azimuth_span=args.azimuth_span, guidance_scale=args.guidance,
         num_inference_steps=args.steps, sampler=args.sampler, seed=args.seed, num_objects=args.num_objects,
         height=args.size, width=args.size, eta=args.eta, prompt_suffix=args.suffix, progress=True,
-        guidance_rescale=args.guidance_rescale,
+        guidance_rescale=args.guidance_rescale, compile=args.compile,
     )
     seconds = time.perf_counter() - t0
     res.save(out, rows=args.num_objects)
@@ -221,6 +225,8 @@ def _add_generate(sub: Any, name: str, help: str) -> None:
     g.add_argument("--suffix", default=None,
                    help="appended to the prompt (default: the model's; ', 3d asset' for the published models)")
     g.add_argument("--cpu-offload", action="store_true", help="keep idle components on the CPU")
+    g.add_argument("--compile", action="store_true",
+                   help="run the UNet under torch.compile (the first step compiles; needs a C++ compiler on the CPU)")
     g.set_defaults(func=cmd_generate)
 
 

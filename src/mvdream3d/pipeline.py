@@ -164,6 +164,7 @@ class MultiViewPipeline:
         callback: StepCallback | None = None,
         progress: bool = False,
         guidance_rescale: float = 0.0,
+        compile: bool = False,
     ) -> MultiViewOutput:
         """Generate ``num_objects`` objects per prompt, ``num_views`` views each.
 
@@ -174,7 +175,10 @@ class MultiViewPipeline:
         for the published models, as in their sampling script; "" for models trained by this project).
         ``guidance_rescale`` in [0, 1] rescales the guided prediction towards the conditional one's spread
         (0: plain CFG; see :func:`mvdream3d.diffusion.sampling.rescale_guidance`); the model's
-        ``sampling_defaults`` say what it was evaluated with. Returns a :class:`MultiViewOutput`.
+        ``sampling_defaults`` say what it was evaluated with. ``compile``: run the UNet under ``torch.compile``
+        (compiled in place on first use and kept compiled; the first call pays the compilation, later calls
+        with the same shapes reuse it; :class:`~mvdream3d.compiling.CompileUnavailableError` where it cannot
+        work, see :mod:`mvdream3d.compiling`). Returns a :class:`MultiViewOutput`.
         """
         m = self.model
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -230,6 +234,11 @@ class MultiViewPipeline:
         shape = (n_obj * f, m.latent_channels, height // m.downsample_factor, width // m.downsample_factor)
         x_T = torch.randn(shape, generator=gen).to(run_device, model_dtype)
         self._on(m.unet, run_device)
+        if compile:
+            from .compiling import check_compile_support, compile_in_place
+
+            check_compile_support(run_device)
+            compile_in_place(m.unet)
         latents = sample(m.unet, x_T, cond, uncond, f, num_inference_steps, guidance_scale, eta, sampler,
                          schedule=m.noise_schedule, generator=gen if run_device.type == "cpu" else None,
                          callback=callback, progress=progress, guidance_rescale=float(guidance_rescale))

@@ -21,7 +21,7 @@ def cmd_text_to_3d(args: argparse.Namespace) -> int:
     if args.baseline_2d:
         overrides.append("guidance.name=2d")
     res = text_to_3d(args.prompt, model=args.model, config=args.config, out=args.out, steps=args.steps,
-                     seed=args.seed, resume=args.resume, overrides=overrides)
+                     seed=args.seed, resume=args.resume, overrides=overrides, compile=args.compile)
     print(json.dumps({"out": str(res.out), "steps_done": res.steps_done, "finished": res.finished,
                       "timings_s": {k: round(v, 2) for k, v in res.timings.items()}, "files": res.files}, indent=1))
     return 0 if res.finished else 130
@@ -47,6 +47,9 @@ def add_text_to_3d_subparser(sub: argparse._SubParsersAction) -> None:
                    help="DreamFusion-style baseline: single-view 2D guidance with view-dependent prompts")
     p.add_argument("--no-preview", action="store_true", help="skip the multi-view preview before optimising")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--compile", action="store_true",
+                   help="run the UNet and VAE encoder under torch.compile (the first step compiles, later steps "
+                        "reuse it; needs a C++ compiler on the CPU)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr_encoding=0.02 (repeatable)")
     p.set_defaults(func=cmd_text_to_3d)

@@ -10,8 +10,9 @@ features into one raw density and three albedo logits::
 The blob bias (Magic3D's initialisation) starts the optimisation from a soft ball of radius about
 ``density_blob_std`` instead of empty space. Normals point outwards, ``-grad(density) / |grad(density)|``,
 by central finite differences (6 extra density evaluations at ``p +- eps`` along the axes, ``eps`` in
-world units) or analytically by autograd (``create_graph=True`` when gradients are on, so losses on
-normals reach the field).
+world units) or analytically: the exact gradient, computed next to the field's values (the hash grid's
+derivatives from its trilinear blend, contracted with the MLP's gradient for the density), so losses on
+normals reach the field through an ordinary (first-order) backward instead of a double backward.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class ImplicitVolume(nn.Module):
         Args:
             points: (N, 3) world coordinates.
             with_normal: also return unit outward normals (costs 6 extra density queries with finite
-                differences, a backward pass with analytic normals).
+                differences, the encoding's derivatives and a few per-point products with analytic normals).
 
         Returns:
             ``density`` (N, 1) >= 0, ``albedo`` (N, 3) in (0, 1), and ``normal`` (N, 3) unit vectors
@@ -107,6 +108,49 @@ class ImplicitVolume(nn.Module):
         return out
 
     def _forward_analytic(self, points: Tensor) -> dict[str, Tensor]:
+        """Density, albedo and the normal from the density's gradient, computed next to the field instead of by
+        ``autograd.grad(density, points, create_graph=True)``: the encoding's derivatives
+        (``HashGridEncoding.forward_with_vjp``) contracted with the raw density's gradient w.r.t. the features
+        (the MLP's backward for one output, written out: ReLU masks times weights). The same derivative (up to
+        the order of the additions), but its graph is first order in the parameters: a loss on normals costs one
+        ordinary backward, not a double backward. MLPs other than Linear / ReLU stacks take the autograd route."""
+        layers = list(self.mlp)
+        if not all(isinstance(m, nn.Linear | nn.ReLU) for m in layers) or not isinstance(layers[-1], nn.Linear):
+            return self._forward_analytic_autograd(points)
+        two_r = 2.0 * self.radius
+        scaled = (points + self.radius) / two_r
+        inside = ((scaled >= 0) & (scaled <= 1)).to(points.dtype)  # (N, 3): the clamp's derivative
+        h, vjp = self.encoding.forward_with_vjp(scaled.clamp(0.0, 1.0))  # (N, D) features
+        h0 = h
+        masks: list[Tensor | None] = []
+        for layer in layers[:-1]:
+            if isinstance(layer, nn.Linear):
+                h = layer(h)
+                masks.append(None)
+            else:  # ReLU: autograd's derivative is 0 where the output is 0
+                h = torch.relu(h)
+                masks.append(h > 0)
+        out = layers[-1](h)
+        raw, logits = out[:, :1], out[:, 1:]
+        # d raw / d features, (N, D): the last layer's density row taken back through the layers
+        v: Tensor = layers[-1].weight[0]
+        for layer, mask in zip(reversed(layers[:-1]), reversed(masks), strict=True):
+            v = v @ layer.weight if mask is None else v * mask.to(h.dtype)
+        d_raw = vjp(v.expand_as(h0) if v.ndim == 1 else v) * inside / two_r  # (N, 3): d raw / d points
+        pre = raw + self.density_bias(points)
+        density = F.softplus(pre)
+        # d softplus(pre) / d pre, as autograd computes it (1 above softplus' threshold of 20)
+        d_soft = torch.ops.aten.softplus_backward(torch.ones_like(pre), pre, 1.0, 20.0)  # (N, 1)
+        grad = d_soft * (d_raw + self._density_bias_grad(points))  # (N, 3)
+        return {"density": density, "albedo": torch.sigmoid(logits), "normal": F.normalize(-grad, dim=-1)}
+
+    def _density_bias_grad(self, points: Tensor) -> Tensor:
+        """d density_bias / d points, (N, 3): ``-scale / std * p / |p|`` (0 at the origin, as autograd's norm)."""
+        dist = torch.linalg.vector_norm(points, dim=-1, keepdim=True)
+        unit = points / torch.where(dist > 0, dist, torch.ones_like(dist))
+        return (-self.density_blob_scale / self.density_blob_std) * unit
+
+    def _forward_analytic_autograd(self, points: Tensor) -> dict[str, Tensor]:
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             pts = points if points.requires_grad else points.detach().requires_grad_(True)

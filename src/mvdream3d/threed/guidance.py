@@ -212,7 +212,10 @@ class _ScoreDistillation(nn.Module):
             raise ValueError(f"rgb must be (B, H, W, 3) renders in [0, 1], got {tuple(rgb.shape)}")
         if tuple(c2w.shape) != (rgb.shape[0], 4, 4):
             raise ValueError(f"c2w must be (B, 4, 4) = ({rgb.shape[0]}, 4, 4), got {tuple(c2w.shape)}")
-        x = rgb.permute(0, 3, 1, 2).float() * 2.0 - 1.0
+        # contiguous (N, C, H, W): the permuted renders are channels-last, which would carry through the VAE encoder,
+        # whose GroupNorms are slower on CPU in that layout (encode + backward of the builtin recipe's 8 renders:
+        # 0.19 -> 0.17 CPU s)
+        x = (rgb.permute(0, 3, 1, 2).float() * 2.0 - 1.0).contiguous()
         s = self.latent_render_size
         if x.shape[-2:] != (s, s):
             shrink = s < x.shape[-2] or s < x.shape[-1]

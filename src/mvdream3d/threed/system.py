@@ -92,13 +92,15 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
 class TextTo3D:
     """One text-to-3D run: the parts built from ``cfg`` around ``model`` (see module docstring)."""
 
-    def __init__(self, prompt: str, model: MVDreamModel, cfg: TextTo3DConfig, out: Path) -> None:
+    def __init__(self, prompt: str, model: MVDreamModel, cfg: TextTo3DConfig, out: Path, compile: bool = False) -> None:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty: give a text prompt, e.g. \"a red cube with a yellow nose\"")
         self.prompt, self.cfg, self.out = prompt.strip(), cfg, out
         self.device = resolve_device(cfg.output.device)
         self.dtype = _dtype(cfg.output.dtype, self.device)
         self.model = self._place_model(model)
+        if compile:
+            self._compile_model()
         g = cfg.geometry
         self.geometry = ImplicitVolume(
             radius=g.radius, n_levels=g.n_levels, n_features_per_level=g.n_features_per_level,
@@ -155,6 +157,18 @@ class TextTo3D:
         if model.text_encoder is not None and not self.cfg.output.low_memory:
             model.text_encoder.to(self.device)
         return model
+
+    def _compile_model(self) -> None:
+        """The guidance's frozen networks under ``torch.compile``, in place: the UNet and the VAE's encoder (the
+        one part of the VAE a step runs, forward and backward). Each compiles at its first call with a step's
+        shapes and is reused by every later step (and by the preview, whose batch compiles once more)."""
+        from ..compiling import check_compile_support, compile_in_place
+
+        check_compile_support(self.device)
+        compile_in_place(self.model.unet)
+        encoder = getattr(getattr(self.model.vae, "vae", None), "encoder", None)  # diffusers AutoencoderKL
+        if isinstance(encoder, torch.nn.Module):
+            compile_in_place(encoder)
 
     # ------------------------------------------------------------------ one step
     def shading_for(self, step: int) -> str:
@@ -359,6 +373,7 @@ def text_to_3d(
     should_stop: Callable[[], bool] | None = None,
     progress: bool = True,
     on_stage: StageCallback | None = None,
+    compile: bool = False,
 ) -> TextTo3DResult:
     """Optimise a 3D field for ``prompt`` and export it (see the module docstring for the files).
 
@@ -377,6 +392,9 @@ def text_to_3d(
         progress: a tqdm bar of the steps on stderr.
         on_stage: told the progress of the work around the optimisation steps (the preview, saving, the
             export's stages, the curves; see :data:`StageCallback`), e.g. for a progress display.
+        compile: run the model's UNet and VAE encoder under ``torch.compile`` (see :mod:`mvdream3d.compiling`:
+            the first step compiles, later steps reuse it; an error that says what to install where it cannot
+            work). The optimisation is the same up to floating-point rounding.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty: give a text prompt, e.g. \"a red cube with a yellow nose\"")
@@ -393,7 +411,7 @@ def text_to_3d(
     mdl = resolve_model(model_ref)
     cfg = _run_config(pre, mdl, overrides, steps, seed)
     torch.manual_seed(cfg.optim.seed)
-    run = TextTo3D(prompt, mdl, cfg, out)
+    run = TextTo3D(prompt, mdl, cfg, out, compile=compile)
     if resume:
         dropped = run.load_checkpoint()
         print(f"resumed from {out / CHECKPOINT} at step {run.step}"
