@@ -342,12 +342,14 @@ def test_bad_input_shows_a_readable_error_and_the_server_goes_on(server, browser
 
 
 def test_text_to_3d_tab_ends_in_a_3d_viewer_and_a_video(server, browser):
+    from mvdream3d.threed.config import load_text_to_3d_config
     from mvdream3d.webapp.jobs import T3D_STAGES
 
+    scale = load_text_to_3d_config("builtin").guidance.guidance_scale
     d = browser
     _open(d, server, "Text-to-3D")
-    # the fields start at the recipe the server uses for the model (builtin with TINY_3D: guidance 20, 16 px)
-    assert float(_value(d, "t3d-guidance")) == 20 and float(_value(d, "t3d-resolution")) == 16
+    # the fields start at the recipe the server uses for the model (builtin with TINY_3D: its CFG, 16 px)
+    assert float(_value(d, "t3d-guidance")) == scale and float(_value(d, "t3d-resolution")) == 16
     _fill(d, "t3d-prompt", "a red cube with a yellow nose")
     _fill(d, "t3d-steps", 2)
     _fill(d, "t3d-resolution", 24)
@@ -355,12 +357,13 @@ def test_text_to_3d_tab_ends_in_a_3d_viewer_and_a_video(server, browser):
     status = _wait(d, lambda drv: "Done" in _text(drv, "t3d-status") and _text(drv, "t3d-status"),
                    what="text-to-3D finished")
     run = _runs(server, "text-to-3d")[-1]
-    assert run["status"] == "done" and run["used"] == {"steps": 2, "render resolution": "24 px", "guidance scale": 20,
-                                                       "seed": 0, "model": "tiny-random"}
+    assert run["status"] == "done" and run["used"] == {"steps": 2, "render resolution": "24 px",
+                                                       "guidance scale": scale, "seed": 0, "model": "tiny-random"}
     config = yaml.safe_load((run["dir"] / "config.yaml").read_text())
-    assert config["cameras"]["resolution_milestones"] == [[0, 24, 4]] and config["guidance"]["guidance_scale"] == 20
+    assert config["cameras"]["resolution_milestones"] == [[0, 24, 4]] and config["guidance"]["guidance_scale"] == scale
     # the result names the settings it used and where the time went, every stage by name
-    assert "Settings used: steps 2, render resolution 24 px, guidance scale 20, seed 0, model tiny-random" in status
+    assert (f"Settings used: steps 2, render resolution 24 px, guidance scale {scale:g}, seed 0, model tiny-random"
+            in status)
     time_line = next(line for line in status.split("\n") if line.startswith("Time: "))
     for stage in T3D_STAGES.values():
         assert stage in time_line, (stage, time_line)
@@ -982,7 +985,10 @@ def test_a_text_to_3d_job_reports_every_stage_its_preview_and_the_settings_it_us
     assert [n for n, _ in job.progress.history] == stages  # where the time went, for the final status
     info = json.loads((job.run.dir / "run.json").read_text())
     assert info["status"] == "done" and info["settings"]["guidance_scale"] is None
-    assert info["used"] == {"steps": 3, "render resolution": "16 px", "guidance scale": 20.0, "seed": 0,
+    from mvdream3d.threed.config import load_text_to_3d_config
+
+    scale = load_text_to_3d_config("builtin").guidance.guidance_scale
+    assert info["used"] == {"steps": 3, "render resolution": "16 px", "guidance scale": scale, "seed": 0,
                             "model": "tiny-random"}  # the recipe's guidance and resolution (TINY_3D), named
 
 
