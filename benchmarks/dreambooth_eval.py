@@ -148,7 +148,8 @@ def write_markdown(results: dict, path: Path) -> None:
 
 def write_figure(results: dict, out: Path, path: Path, objects: int = 2) -> None:
     """The photos in a row, then per run its first ``objects`` generated objects (4 views each), labelled."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
+    from views_figure import labelled_rows  # benchmarks/, this script's folder
 
     photos = [Image.open(f).convert("RGB") for f in sorted((out / "photos").glob("*.png"))]
     rows: list[tuple[str, Image.Image]] = []
@@ -163,16 +164,8 @@ def write_figure(results: dict, out: Path, path: Path, objects: int = 2) -> None
             g = Image.open(grid).convert("RGB")
             cell = g.width // 4  # subject.png: one object per row, 4 views
             rows.append((name, _side_by_side([g.crop((0, i * cell, g.width, (i + 1) * cell)) for i in range(objects)])))
-    if not rows:
-        return
-    label_h, width = 14, max(im.width for _, im in rows)
-    canvas = Image.new("RGB", (width, sum(im.height + label_h for _, im in rows)), "white")
-    draw, y = ImageDraw.Draw(canvas), 0
-    for label, im in rows:
-        draw.text((2, y + 1), label, fill="black")
-        canvas.paste(im, (0, y + label_h))
-        y += im.height + label_h
-    canvas.resize((canvas.width * 2, canvas.height * 2), Image.NEAREST).save(path)
+    if rows:
+        labelled_rows(rows, zoom=2).save(path)
 
 
 def _side_by_side(images: list) -> object:

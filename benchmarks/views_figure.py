@@ -14,8 +14,22 @@ import argparse
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
+def labelled_rows(rows: list, zoom: int = 1):
+    """[(label, PIL image), ...] -> one white PIL image: each picture under its label, top to bottom."""
     from PIL import Image, ImageDraw
+
+    width, label_h = max(im.width for _, im in rows), 14
+    canvas = Image.new("RGB", (width, sum(im.height + label_h for _, im in rows)), "white")
+    draw, y = ImageDraw.Draw(canvas), 0
+    for label, im in rows:
+        draw.text((2, y + 1), label, fill="black")
+        canvas.paste(im, (0, y + label_h))
+        y += im.height + label_h
+    return canvas.resize((canvas.width * zoom, canvas.height * zoom), Image.NEAREST) if zoom != 1 else canvas
+
+
+def main(argv: list[str] | None = None) -> int:
+    from PIL import Image
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="text-to-3D output folders")
@@ -35,15 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for _, p in rows if not p.is_file()]
     if missing:
         raise SystemExit(f"not found: {', '.join(missing)} (a finished run writes views.png)")
-    images = [Image.open(p).convert("RGB") for _, p in rows]
-    width, label_h = max(im.width for im in images), 14
-    canvas = Image.new("RGB", (width, sum(im.height + label_h for im in images)), "white")
-    draw, y = ImageDraw.Draw(canvas), 0
-    for (label, _), im in zip(rows, images, strict=True):
-        draw.text((2, y + 1), label, fill="black")
-        canvas.paste(im, (0, y + label_h))
-        y += im.height + label_h
-    canvas = canvas.resize((canvas.width * args.zoom, canvas.height * args.zoom), Image.NEAREST)
+    canvas = labelled_rows([(label, Image.open(p).convert("RGB")) for label, p in rows], args.zoom)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     canvas.save(args.out)
     print(f"wrote {args.out}")
