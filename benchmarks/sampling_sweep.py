@@ -17,22 +17,20 @@ import argparse
 import json
 from pathlib import Path
 
-from mvdream3d.diffusion.sampling import SAMPLERS
+from mvdream3d.diffusion.sampling import parse_sampling_setting
 from mvdream3d.evaluation.evaluate import evaluate
 
 METRICS = ("prompt_accuracy", "shape_accuracy", "color_accuracy", "consistency", "camera_adherence", "janus_rate")
 
 
 def parse_setting(text: str) -> dict:
-    """``SAMPLER:STEPS:GUIDANCE:RESCALE`` -> dict, with a clear error for a malformed one."""
-    parts = text.split(":")
-    if len(parts) != 4 or parts[0] not in SAMPLERS:
-        raise SystemExit(f"bad setting {text!r}: want SAMPLER:STEPS:GUIDANCE:RESCALE with SAMPLER one of {SAMPLERS}")
+    """``SAMPLER:STEPS:GUIDANCE:RESCALE`` -> dict (the package's parser), exiting with its message if malformed."""
     try:
-        return {"sampler": parts[0], "steps": int(parts[1]), "guidance": float(parts[2]),
-                "guidance_rescale": float(parts[3])}
+        st = parse_sampling_setting(text)
     except ValueError as e:
-        raise SystemExit(f"bad setting {text!r}: {e}") from e
+        raise SystemExit(str(e)) from None
+    return {"sampler": st["sampler"], "steps": st["steps"], "guidance": st["guidance_scale"],
+            "guidance_rescale": st["guidance_rescale"]}
 
 
 def main() -> None:

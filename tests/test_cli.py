@@ -97,6 +97,29 @@ def test_convert_to_fp16_halves_the_file_and_loads(tmp_path):
     torch.testing.assert_close(a.unet.state_dict()[w], b.unet.state_dict()[w], atol=1e-3, rtol=1e-3)
 
 
+def test_convert_records_the_sampling_defaults_a_sweep_chose(tmp_path, capsys):
+    """``convert --sampling`` writes the settings into the model's config; the weights are unchanged."""
+    import torch
+
+    from mvdream3d import load_model
+    from mvdream3d.builtin import builtin_model
+
+    src = builtin_model("tiny-random").save(tmp_path / "m.safetensors")
+    out = tmp_path / "s.safetensors"
+    assert main(["convert", str(src), str(out), "--sampling", "unipc:9:2.5:0.3"]) == 0
+    a, b = load_model(None, src), load_model(None, out)
+    assert b.sampling_defaults == {"sampler": "unipc", "steps": 9, "guidance_scale": 2.5, "guidance_rescale": 0.3}
+    assert a.sampling_defaults["steps"] == 50
+    assert all(torch.equal(v, b.unet.state_dict()[k]) for k, v in a.unet.state_dict().items())
+    capsys.readouterr()
+    for bad in ("ddim:8:1.5", "plms:8:1.5:0", "ddim:x:1.5:0", "ddim:0:1.5:0", "ddim:8:1.5:2"):
+        assert main(["convert", str(src), str(tmp_path / "x.safetensors"), "--sampling", bad]) == 2
+        err = capsys.readouterr().err
+        assert "SAMPLER:STEPS:GUIDANCE:RESCALE" in err or "RESCALE in [0, 1]" in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_generate_uses_the_models_sampling_defaults(tmp_path):
     """Settings left out on the command line come from the checkpoint's ``sampling`` section."""
     import copy

@@ -157,6 +157,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if not os.path.exists(args.input) and args.input.endswith((".pt", ".ckpt", ".pth", ".safetensors", ".bin")):
             raise FileNotFoundError(f"checkpoint not found: {args.input}")
         model = resolve_model(args.input)  # a name, checkpoint, LoRA file or diffusers folder; validated
+    if args.sampling is not None:  # the settings a sweep chose after training: what the written model samples with
+        from .diffusion.sampling import parse_sampling_setting
+
+        model.params["sampling"] = parse_sampling_setting(args.sampling)
     dtype = None
     if args.dtype != "fp32":  # floating-point weights only; the loader casts back to the model's dtype
         from .pipeline import DTYPES
@@ -251,6 +255,9 @@ def _add_convert(sub: Any, name: str, help: str) -> None:
     c.add_argument("--config", default=None, help="model name or YAML (default: embedded or detected)")
     c.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="storage precision of the written weights (fp16 halves the file)")
+    c.add_argument("--sampling", default=None, metavar="SAMPLER:STEPS:CFG:RESCALE",
+                   help="record these sampling defaults in the written model's config (what generate, evaluate "
+                        "and the web app use unless told), e.g. ddim:8:1.5:0 from benchmarks/sampling_sweep.py")
     c.set_defaults(func=cmd_convert)
 
 

@@ -32,6 +32,24 @@ StepCallback = Callable[[int, int, torch.Tensor], None]
 SAMPLERS = ("ddim", "dpmpp_2m", "unipc", "euler", "euler_a")
 
 
+def parse_sampling_setting(text: str) -> dict[str, Any]:
+    """``"SAMPLER:STEPS:GUIDANCE:RESCALE"`` (e.g. ``"ddim:8:1.5:0"``) -> ``{"sampler", "steps",
+    "guidance_scale", "guidance_rescale"}``, the keys of a model config's ``sampling`` section; a
+    malformed setting raises ValueError naming the expected form."""
+    form = f"SAMPLER:STEPS:GUIDANCE:RESCALE with SAMPLER one of {SAMPLERS} (e.g. ddim:8:1.5:0)"
+    parts = text.split(":")
+    if len(parts) != 4 or parts[0] not in SAMPLERS:
+        raise ValueError(f"bad sampling setting {text!r}: want {form}")
+    try:
+        out = {"sampler": parts[0], "steps": int(parts[1]), "guidance_scale": float(parts[2]),
+               "guidance_rescale": float(parts[3])}
+    except ValueError as e:
+        raise ValueError(f"bad sampling setting {text!r}: want {form} ({e})") from None
+    if out["steps"] < 1 or not 0.0 <= out["guidance_rescale"] <= 1.0:
+        raise ValueError(f"bad sampling setting {text!r}: steps must be >= 1 and RESCALE in [0, 1]")
+    return out
+
+
 def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> np.ndarray:
     """The LDM "uniform" DDIM grid ``range(0, T, T // steps) + 1`` (ascending).
 
