@@ -11,6 +11,10 @@ classifier (``mvdream3d.evaluation``):
   more. ``janus`` = fronts > 1, or the feature seen from every azimuth (also from the back, which a
   single front is not: the ground-truth mesh, measured the same way as a ceiling row, hides it there).
 - prompt_ok: shape and colour right in each of the 4 fixed views (azimuth 0/90/180/270).
+- feature colour (mesh): the surface share of the exported mesh whose vertex colour is nearest the
+  prompt's feature colour in the world's palette, and the azimuth of that part; "in its colour at the
+  front" when the share is at least a quarter of the ground-truth mesh's and the part faces within 45
+  degrees of the front (``mvdream3d.evaluation.janus.feature_colour``).
 - chamfer: symmetric Chamfer distance between the exported mesh and the ground-truth mesh of the
   prompt, both centred and scaled to unit bounding-box diagonal (2,000 surface samples each).
 
@@ -41,6 +45,7 @@ import torch
 # the verdict itself lives in the package (mvdream3d.evaluation.janus); this script only drives it
 from mvdream3d.evaluation.janus import (
     chamfer,
+    feature_colour,
     front_orientation,
     fronts_verdict,
     ground_truth_mesh,
@@ -72,7 +77,7 @@ def ground_truth_row(prompt, classifier, n_azimuths: int = 36, size: int = 64) -
     """The ceiling: the same verdict on renders of the prompt's ground-truth mesh (36 azimuths, elevation 15)."""
     gt = ground_truth_mesh(prompt)
     return {"prompt": prompt.text, "method": "ground truth", "seed": None, "seconds": 0.0, "chamfer": 0.0,
-            "orientation": front_orientation(gt, gt),
+            "orientation": front_orientation(gt, gt), "feature_colour": feature_colour(gt, prompt),
             **view_verdicts(mesh_views(gt, n_azimuths, size), classifier, prompt)}
 
 
@@ -84,8 +89,9 @@ def results_table(rows: list[dict], methods: list[str]) -> str:
     """The Markdown table of ``results.md``; verdicts are recomputed from the stored ``visible`` lists."""
     lines = ["| method | runs | prompt right (4 views) | one front | Janus (fronts > 1 or seen from all round) | "
              "of which seen from all round | mean fronts | mesh: prompt right | mesh: one front | mesh: Janus | "
-             "mesh: front by geometry | mean front gain | mean Chamfer | s/run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "mesh: front by geometry | mean front gain | mesh: feature in its colour at the front | "
+             "mean feature colour share | mean Chamfer | s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in [*methods, "ground truth"]:
         rs = [r for r in rows if r["method"] == method]
         if not rs:
@@ -96,12 +102,14 @@ def results_table(rows: list[dict], methods: list[str]) -> str:
         ms = [r["mesh"] if "mesh" in r else r for r in rs if "mesh" in r or method == "ground truth"]
         mv = [fronts_verdict(m["visible"]) for m in ms]
         ors = [r["orientation"] for r in rs if "orientation" in r]
+        fcs = [m["feature_colour"] for m in ms if (m.get("feature_colour") or {}).get("share") is not None]
         lines.append(f"| {method} | {len(rs)} | {np.mean([r['prompt_ok'] for r in rs]):.2f} | "
                      f"{np.mean([v['one_front'] for v in vs]):.2f} | {np.mean([v['janus'] for v in vs]):.2f} | "
                      f"{np.mean([v['everywhere'] for v in vs]):.2f} | {np.mean([v['fronts'] for v in vs]):.2f} | "
                      f"{_mean([m['prompt_ok'] for m in ms])} | {_mean([v['one_front'] for v in mv])} | "
                      f"{_mean([v['janus'] for v in mv])} | {_mean([o['front_right'] for o in ors])} | "
-                     f"{_mean([o['front_gain'] for o in ors], 3)} | "
+                     f"{_mean([o['front_gain'] for o in ors], 3)} | {_mean([f['in_colour_at_front'] for f in fcs])} | "
+                     f"{_mean([f['share'] for f in fcs], 3)} | "
                      f"{np.mean(ch) if ch else float('nan'):.3f} | {np.mean([r['seconds'] for r in rs]):.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -114,14 +122,18 @@ def _arcs(visible: list) -> str:
 def runs_table(rows: list[dict]) -> str:
     """One line per run: the field's and the mesh's strips of 36 verdicts and the geometric front."""
     lines = ["| prompt | method | seed | field: feature seen (azimuth 0 -> 350) | mesh: feature seen | "
-             "mesh: best turn, front gain | Chamfer |", "|---|---|---|---|---|---|---|"]
+             "mesh: best turn, front gain | mesh: feature colour share, azimuth | Chamfer |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["prompt"], r["method"] != "ground truth", r["method"], r["seed"] or 0)):
         o = r.get("orientation")
         geo = f"{o['best_azimuth']:+.0f}, {o['front_gain']:+.3f}" if o else "n/a"
         mesh = _arcs(r["mesh"]["visible"]) if "mesh" in r else (_arcs(r["visible"]) if r["method"] == "ground truth"
                                                                 else "n/a")
+        fc = r.get("feature_colour") or (r.get("mesh") or {}).get("feature_colour")
+        col = "n/a" if not fc or fc["share"] is None else (
+            f"{fc['share']:.3f}, " + ("-" if fc["azimuth"] is None else f"{fc['azimuth']:+.0f}"))
         lines.append(f"| {r['prompt']} | {r['method']} | {'' if r['seed'] is None else r['seed']} | "
-                     f"`{_arcs(r['visible'])}` | `{mesh}` | {geo} | {r.get('chamfer', float('nan')):.3f} |")
+                     f"`{_arcs(r['visible'])}` | `{mesh}` | {geo} | {col} | {r.get('chamfer', float('nan')):.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -227,10 +239,13 @@ def main(argv=None) -> int:
         rows = json.loads((out / "results.json").read_text())
         clf = load_classifier()
         for r in rows:
-            glb = run_dir_of(out, r["prompt"], r["method"], r["seed"]) / "mesh.glb"
-            if r["method"] == "ground truth" or not glb.is_file():
-                continue
             prompt = load_prompts([r["prompt"]])[0]
+            if r["method"] == "ground truth":
+                r["feature_colour"] = feature_colour(ground_truth_mesh(prompt), prompt)
+                continue
+            glb = run_dir_of(out, r["prompt"], r["method"], r["seed"]) / "mesh.glb"
+            if not glb.is_file():
+                continue
             mesh, gt = trimesh.load(glb, force="mesh"), ground_truth_mesh(prompt)
             r["mesh"] = measure_mesh(mesh, gt, clf, prompt)
             r["orientation"] = front_orientation(mesh, gt)

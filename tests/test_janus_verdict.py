@@ -82,6 +82,33 @@ def test_front_orientation_finds_the_front_by_geometry():
     assert not J.front_orientation(body, gt)["front_right"]
 
 
+def test_feature_colour_reads_the_features_colour_and_place_off_the_mesh():
+    import trimesh
+
+    from mvdream3d.data.synth import COLORS
+    from mvdream3d.evaluation.prompts import load_prompts
+
+    prompt = load_prompts(["a red cube with a yellow nose"])[0]
+    gt = J.ground_truth_mesh(prompt)
+    own = J.feature_colour(gt, prompt)
+    assert 0.03 < own["share"] < 0.3 and abs(own["azimuth"]) < 5 and own["in_colour_at_front"]
+    turned = gt.copy()
+    turned.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0]))  # nose to +x
+    side = J.feature_colour(turned, prompt, own["share"])
+    assert abs(side["azimuth"] - 90) < 5 and not side["in_colour_at_front"]
+    plain = gt.copy()
+    plain.visual.vertex_colors = np.tile([*COLORS["red"], 255], (len(plain.vertices), 1)).astype(np.uint8)
+    none = J.feature_colour(plain, prompt, own["share"])
+    assert none == {"share": 0.0, "azimuth": None, "in_colour_at_front": False}
+    faint = gt.copy()  # the nose's colour on only a sliver of it: under a quarter of the ground truth's share
+    vc = np.array(plain.visual.vertex_colors)
+    tip = np.argmax(faint.vertices[:, 2])
+    vc[tip] = [*COLORS["yellow"], 255]
+    faint.visual.vertex_colors = vc
+    assert not J.feature_colour(faint, prompt, own["share"])["in_colour_at_front"]
+    assert J.feature_colour(gt, load_prompts(["a red cube"])[0])["share"] is None
+
+
 def test_one_front_must_be_the_front():
     back_only = _arc(36, 10, 16)  # one arc round the back: one "front", in the wrong place
     out = J.fronts_verdict(back_only)

@@ -8,7 +8,8 @@ see the feature (:func:`fronts_verdict`): one front = 1 arc, hidden from the bac
 one arc, or the feature seen from every azimuth (also from the back, which a single front is not: the
 ground-truth mesh, measured the same way, hides it over about a quarter of the turn).
 
-Besides the classifier, :func:`front_orientation` finds the front by geometry alone (the Chamfer
+Besides the classifier, :func:`feature_colour` reads the feature's colour and place off the mesh's vertex
+colours, and :func:`front_orientation` finds the front by geometry alone (the Chamfer
 distance to the ground-truth mesh turned about the vertical axis), which also sees a feature grown as
 geometry without its colour. ``benchmarks/text_to_3d_eval.py`` drives these on text-to-3D runs.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "count_fronts",
     "front_orientation",
     "fronts_verdict",
+    "feature_colour",
     "ground_truth_mesh",
     "measure_mesh",
     "mesh_views",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 FRONT_GAIN_MIN = 0.03  # see front_orientation
+FEATURE_SHARE_MIN = 0.25  # see feature_colour: of the ground truth's share
 
 
 def count_fronts(visible: np.ndarray) -> int:
@@ -134,6 +137,39 @@ def front_orientation(mesh: Any, gt_mesh: Any, step_deg: float = 10.0) -> dict:
             "front_right": abs(best) <= 30.0 and gain >= FRONT_GAIN_MIN, "profile": [round(x, 4) for x in profile]}
 
 
+def feature_colour(mesh: Any, prompt: Prompt, gt_share: float | None = None) -> dict:
+    """Is the front feature there in its prompt colour, and where? Read from the mesh's vertex colours, without
+    the classifier.
+
+    Every face takes the mean colour of its vertices and is labelled with the nearest colour of the world's
+    palette (``synth.COLORS``, RGB distance). ``share``: the surface-area share of faces labelled with the
+    prompt's feature colour. ``azimuth``: the direction of those faces' area-weighted centroid from the
+    mesh's bounding-box centre, about the vertical axis (0 = +z, the front; degrees in (-180, 180]).
+    ``in_colour_at_front``: a share of at least ``FEATURE_SHARE_MIN`` of ``gt_share`` (the ground-truth
+    mesh's own share, when given; else any share > 0) and an azimuth within 45 degrees of the front.
+    A prompt without a feature gives ``share`` None.
+    """
+    colour = prompt.attributes.get("feature_color")
+    if not prompt.attributes.get("feature") or colour is None:
+        return {"share": None, "azimuth": None, "in_colour_at_front": False}
+    names = list(synth.COLORS)
+    palette = np.asarray([synth.COLORS[n] for n in names], np.float64)
+    vc = np.asarray(mesh.visual.vertex_colors, np.float64)[:, :3]
+    face_rgb = vc[mesh.faces].mean(axis=1)
+    nearest = np.argmin(((face_rgb[:, None, :] - palette[None]) ** 2).sum(-1), axis=1)
+    is_feature = nearest == names.index(colour)
+    area = np.asarray(mesh.area_faces, np.float64)
+    share = float(area[is_feature].sum() / max(area.sum(), 1e-12))
+    azimuth = None
+    if is_feature.any():
+        lo, hi = mesh.bounds
+        c = (mesh.triangles_center[is_feature] * area[is_feature, None]).sum(0) / area[is_feature].sum() - (lo + hi) / 2
+        azimuth = float(np.degrees(np.arctan2(c[0], c[2])))
+    enough = share > 0 if gt_share is None else share >= FEATURE_SHARE_MIN * gt_share
+    return {"share": round(share, 4), "azimuth": None if azimuth is None else round(azimuth, 1),
+            "in_colour_at_front": bool(enough and azimuth is not None and abs(azimuth) <= 45.0)}
+
+
 def view_verdicts(views: np.ndarray, classifier: Any, prompt: Prompt) -> dict:
     """Classify views in azimuth order (V, H, W, 3 uint8): prompt right in the 4 fixed views (azimuth
     0/90/180/270: shape and colour), and per view whether the front feature is seen.
@@ -173,4 +209,6 @@ def measure_mesh(mesh: Any, gt_mesh: Any, classifier: Any, prompt: Prompt, n_azi
     m.apply_translation(-(lo + hi) / 2)
     m.apply_scale(float(np.linalg.norm(ghi - glo) / max(np.linalg.norm(hi - lo), 1e-9)))
     m.apply_translation((glo + ghi) / 2)
-    return view_verdicts(mesh_views(m, n_azimuths, size), classifier, prompt)
+    out = view_verdicts(mesh_views(m, n_azimuths, size), classifier, prompt)
+    out["feature_colour"] = feature_colour(mesh, prompt, feature_colour(gt_mesh, prompt)["share"])
+    return out
