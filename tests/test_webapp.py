@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +23,20 @@ import yaml
 from conftest import REQUIRE_BROWSER, skip_unless_required
 
 from mvdream3d.cli import main
+from mvdream3d.webapp.browser import (
+    by_css,
+    chromium_paths,
+    fill,
+    http_get,
+    loaded_images,
+    open_tab,
+    screenshot,
+    select_tab,
+    start_browser,
+    start_server,
+    stop_server,
+    wait,
+)
 
 TINY_3D = [
     "cameras.resolution_milestones=[[0,16,4]]", "guidance.render_size=64", "renderer.num_samples_per_ray=12",
@@ -45,54 +57,20 @@ class Server:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, b""
-
-
 def _start_server(out: Path, log: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Server]:
     """``mvdream3d serve`` (tiny-random, tiny text-to-3D settings) on a free port, once it answers."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "mvdream3d.cli", "serve", "--model", "tiny-random", "--out", str(out),
-           "--port", str(port), "--config", "builtin", "--dreambooth-set", "sample_steps=2",
-           "--max-queue", str(MAX_QUEUE), *extra]
+    args = ["--model", "tiny-random", "--config", "builtin", "--dreambooth-set", "sample_steps=2",
+            "--max-queue", str(MAX_QUEUE), *extra]
     for s in TINY_3D:
-        cmd += ["--set", s]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    with open(log, "a") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited ({proc.returncode}):\n{log.read_text()}")
-        try:
-            if _get(url)[0] == 200:
-                return proc, Server(url, out, log)
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            _stop_server(proc)
-            pytest.fail(f"the server did not answer in {SERVER_START_TIMEOUT} s:\n{log.read_text()}")
-        time.sleep(0.5)
-
-
-def _stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
+        args += ["--set", s]
     try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        proc, url = start_server(out, log, args, timeout=SERVER_START_TIMEOUT)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    return proc, Server(url, out, log)
+
+
+_stop_server = stop_server
 
 
 def _require_gradio() -> None:
@@ -116,63 +94,24 @@ def server(tmp_path_factory) -> Server:
 @pytest.fixture(scope="module")
 def browser():
     try:
-        from selenium import webdriver
+        import selenium  # noqa: F401
     except ImportError as e:
         skip_unless_required(REQUIRE_BROWSER, f"the browser tests need selenium (dev extra): {e}")
-    binary = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver_path = shutil.which("chromedriver")
-    if binary is None or driver_path is None:
+    if chromium_paths() is None:
         skip_unless_required(REQUIRE_BROWSER, BROWSER_HINT)
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                "--autoplay-policy=no-user-gesture-required", "--enable-unsafe-swiftshader", "--mute-audio"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
-    driver.set_script_timeout(30)
+    driver = start_browser()
     yield driver
     driver.quit()
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _by_css(d, css: str):
-    from selenium.webdriver.common.by import By
-
-    return d.find_elements(By.CSS_SELECTOR, css)
-
-
-def _wait(d, condition, timeout: float = TIMEOUT, what: str = ""):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(d, timeout, poll_frequency=0.2).until(lambda drv: condition(drv), message=what)
-
-
 def _open(d, server: Server, tab: str = "Multi-view") -> None:
-    d.get(server.url)
-    _wait(d, lambda drv: _by_css(drv, "#mv-generate"), 60, "page loaded")
-    _tab(d, tab)
-
-
-def _tab(d, name: str) -> None:
-    from selenium.common.exceptions import ElementClickInterceptedException
-
-    button = next(b for b in _by_css(d, "button[role=tab]") if b.text.strip() == name)
-
-    def selected(drv) -> bool:
-        try:
-            button.click()
-        except ElementClickInterceptedException:  # the page's first load still covers the page
-            return False
-        return button.get_attribute("aria-selected") == "true"
-
-    _wait(d, selected, 60, f"tab {name}")
+    open_tab(d, server.url, tab)
 
 
 def _value(d, elem_id: str) -> str:
     """What a field shows (a Number's or Textbox's text, a Dropdown's selected label)."""
-    return _by_css(d, f"#{elem_id} textarea, #{elem_id} input")[0].get_attribute("value")
+    return by_css(d, f"#{elem_id} textarea, #{elem_id} input")[0].get_attribute("value")
 
 
 def _choose(d, elem_id: str, label: str) -> None:
@@ -180,19 +119,19 @@ def _choose(d, elem_id: str, label: str) -> None:
     from selenium.common.exceptions import WebDriverException
 
     def option(drv):
-        found = next((o for o in _by_css(drv, "[role=option]") if label in o.get_attribute("textContent")), None)
+        found = next((o for o in by_css(drv, "[role=option]") if label in o.get_attribute("textContent")), None)
         if found is None:
             try:
-                _by_css(drv, f"#{elem_id} input")[0].click()  # (again: an update may have closed the list)
+                by_css(drv, f"#{elem_id} input")[0].click()  # (again: an update may have closed the list)
             except WebDriverException:
                 pass
         return found
 
-    _wait(d, option, 60, f"the option {label!r} of #{elem_id}").click()
+    wait(d, option, 60, f"the option {label!r} of #{elem_id}").click()
 
 
 def _text(d, elem_id: str) -> str:
-    return _by_css(d, f"#{elem_id}")[0].text
+    return by_css(d, f"#{elem_id}")[0].text
 
 
 def _record_texts(d, elem_id: str) -> None:
@@ -216,30 +155,13 @@ def _step(status: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def _fill(d, elem_id: str, value) -> None:
-    from selenium.webdriver.common.keys import Keys
-
-    field = _by_css(d, f"#{elem_id} textarea, #{elem_id} input")[0]
-    field.send_keys(Keys.CONTROL, "a")
-    field.send_keys(Keys.DELETE)
-    if str(value):
-        field.send_keys(str(value))
-    field.send_keys(Keys.TAB)
-
-
 def _toasts(d) -> str:
-    return " ".join(t.text for t in _by_css(d, ".toast-body"))
+    return " ".join(t.text for t in by_css(d, ".toast-body"))
 
 
 def _close_toasts(d) -> None:
     d.execute_script("document.querySelectorAll('.toast-close').forEach(b => b.click())")
-    _wait(d, lambda drv: not _by_css(drv, ".toast-body"), 10, "toasts closed")
-
-
-def _loaded_images(d, css: str) -> list:
-    images = _by_css(d, css)
-    return images if images and all(d.execute_script("return arguments[0].complete && "
-                                                     "arguments[0].naturalWidth > 0", i) for i in images) else []
+    wait(d, lambda drv: not by_css(drv, ".toast-body"), 10, "toasts closed")
 
 
 def _pixel_std(d, img) -> float:
@@ -255,22 +177,6 @@ def _pixel_std(d, img) -> float:
         return Math.sqrt(Math.max(0, s2 / n - (s / n) ** 2));""", img)
 
 
-def _settled_drawing(element, timeout: float = 30) -> None:
-    """Wait until an element (e.g. a WebGL canvas) shows something and has stopped changing."""
-    import io
-
-    from PIL import Image, ImageChops, ImageStat
-
-    previous, deadline = None, time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        image = Image.open(io.BytesIO(element.screenshot_as_png)).convert("L")
-        if previous is not None and previous.size == image.size and max(ImageStat.Stat(image).stddev) > 2.0 \
-                and ImageChops.difference(previous, image).getbbox() is None:
-            return
-        previous = image
-        time.sleep(1.0)
-
-
 def _shot(d, name: str, height: int = 1300, drawn: str | None = None) -> None:
     """With MVDREAM3D_SCREENSHOTS=DIR, save the page as DIR/NAME.png (after ``drawn``, e.g. a WebGL canvas,
     shows something, or 30 s)."""
@@ -278,19 +184,12 @@ def _shot(d, name: str, height: int = 1300, drawn: str | None = None) -> None:
         return
     shots = Path(os.environ["MVDREAM3D_SCREENSHOTS"])
     shots.mkdir(parents=True, exist_ok=True)
-    d.set_window_size(1400, height)
-    d.execute_script("window.scrollTo(0, 0)")
-    time.sleep(1.0)
-    if drawn:
-        _settled_drawing(_by_css(d, drawn)[0])
-        d.execute_script("window.scrollTo(0, 0)")
-    d.save_screenshot(str(shots / f"{name}.png"))
-    d.set_window_size(1400, 1000)
+    screenshot(d, shots / f"{name}.png", height, drawn)
 
 
 def _file_names(d, css: str) -> set[str]:
     """Names of the files a gr.File offers for download."""
-    links = [a.get_attribute("href") or "" for a in _by_css(d, f"{css} a[href]")]
+    links = [a.get_attribute("href") or "" for a in by_css(d, f"{css} a[href]")]
     return {link.split("?")[0].rsplit("/", 1)[-1] for link in links if "file=" in link}
 
 
@@ -301,10 +200,10 @@ def _runs(server: Server, kind: str) -> list[dict]:
 
 
 def _generate(d, prompt: str, views: int = 4, steps: int = 2) -> None:
-    _fill(d, "mv-prompt", prompt)
-    _fill(d, "mv-views", views)
-    _fill(d, "mv-steps", steps)
-    _by_css(d, "#mv-generate")[0].click()
+    fill(d, "mv-prompt", prompt)
+    fill(d, "mv-views", views)
+    fill(d, "mv-steps", steps)
+    by_css(d, "#mv-generate")[0].click()
 
 
 # ---------------------------------------------------------------------------------------------- browser
@@ -312,13 +211,13 @@ def test_multiview_tab_shows_views_grid_cameras_and_downloads(server, browser):
     d = browser
     _open(d, server)
     _generate(d, "a red cube with a yellow nose", views=4, steps=2)
-    images = _wait(d, lambda drv: len(_loaded_images(drv, "#mv-gallery img")) >= 4 and
-                   _loaded_images(drv, "#mv-gallery img"), what="4 views in the gallery")
+    images = wait(d, lambda drv: len(loaded_images(drv, "#mv-gallery img")) >= 4 and
+                   loaded_images(drv, "#mv-gallery img"), TIMEOUT, "4 views in the gallery")
     assert len(images) == 4
     for img in images:
         assert _pixel_std(d, img) > 1.0, "a blank view"
-    _wait(d, lambda drv: _loaded_images(drv, "#mv-grid img"), 30, "the grid")
-    downloads = _wait(d, lambda drv: _file_names(drv, "#mv-files"), 30, "downloads")
+    wait(d, lambda drv: loaded_images(drv, "#mv-grid img"), 30, "the grid")
+    downloads = wait(d, lambda drv: _file_names(drv, "#mv-files"), 30, "downloads")
     assert downloads == {"grid.png", "cameras.json"} | {f"view_00_0{i}.png" for i in range(4)}
     assert "az 90°, el 15°" in d.page_source  # the cameras used, as captions
     run = _runs(server, "generate")[-1]
@@ -330,15 +229,15 @@ def test_bad_input_shows_a_readable_error_and_the_server_goes_on(server, browser
     d = browser
     _open(d, server)
     _generate(d, "", steps=2)
-    _wait(d, lambda drv: "prompt is empty" in _toasts(drv), 60, "empty-prompt error")
+    wait(d, lambda drv: "prompt is empty" in _toasts(drv), 60, "empty-prompt error")
     _close_toasts(d)
     _generate(d, "a blue sphere", views=0, steps=2)
-    _wait(d, lambda drv: "number of views must be a whole number between 1 and 16" in _toasts(drv), 60,
+    wait(d, lambda drv: "number of views must be a whole number between 1 and 16" in _toasts(drv), 60,
           "0-views error")
     assert "Traceback" not in d.page_source
     _close_toasts(d)
     _generate(d, "a blue sphere", views=2, steps=2)
-    _wait(d, lambda drv: len(_loaded_images(drv, "#mv-gallery img")) == 2, what="the next request works")
+    wait(d, lambda drv: len(loaded_images(drv, "#mv-gallery img")) == 2, TIMEOUT, "the next request works")
 
 
 def test_text_to_3d_tab_ends_in_a_3d_viewer_and_a_video(server, browser):
@@ -350,12 +249,12 @@ def test_text_to_3d_tab_ends_in_a_3d_viewer_and_a_video(server, browser):
     _open(d, server, "Text-to-3D")
     # the fields start at the recipe the server uses for the model (builtin with TINY_3D: its CFG, 16 px)
     assert float(_value(d, "t3d-guidance")) == scale and float(_value(d, "t3d-resolution")) == 16
-    _fill(d, "t3d-prompt", "a red cube with a yellow nose")
-    _fill(d, "t3d-steps", 2)
-    _fill(d, "t3d-resolution", 24)
-    _by_css(d, "#t3d-run")[0].click()
-    status = _wait(d, lambda drv: "Done" in _text(drv, "t3d-status") and _text(drv, "t3d-status"),
-                   what="text-to-3D finished")
+    fill(d, "t3d-prompt", "a red cube with a yellow nose")
+    fill(d, "t3d-steps", 2)
+    fill(d, "t3d-resolution", 24)
+    by_css(d, "#t3d-run")[0].click()
+    status = wait(d, lambda drv: "Done" in _text(drv, "t3d-status") and _text(drv, "t3d-status"),
+                  TIMEOUT, "text-to-3D finished")
     run = _runs(server, "text-to-3d")[-1]
     assert run["status"] == "done" and run["used"] == {"steps": 2, "render resolution": "24 px",
                                                        "guidance scale": scale, "seed": 0, "model": "tiny-random"}
@@ -367,19 +266,19 @@ def test_text_to_3d_tab_ends_in_a_3d_viewer_and_a_video(server, browser):
     time_line = next(line for line in status.split("\n") if line.startswith("Time: "))
     for stage in T3D_STAGES.values():
         assert stage in time_line, (stage, time_line)
-    preview = _wait(d, lambda drv: _loaded_images(drv, "#t3d-preview img"), 30, "multi-view preview")
+    preview = wait(d, lambda drv: loaded_images(drv, "#t3d-preview img"), 30, "multi-view preview")
     assert _pixel_std(d, preview[0]) > 1.0
-    link = _wait(d, lambda drv: _by_css(drv, "#t3d-model3d [data-testid=model3d-download-link]"), 30, "3D viewer")
+    link = wait(d, lambda drv: by_css(drv, "#t3d-model3d [data-testid=model3d-download-link]"), 30, "3D viewer")
     glb_url = link[0].get_attribute("href")
     assert glb_url.split("?")[0].endswith(".glb")
-    status, body = _get(glb_url)
+    status, body = http_get(glb_url)
     assert status == 200 and body[:4] == b"glTF"
-    _wait(d, lambda drv: _by_css(drv, "#t3d-model3d canvas"), 60, "the 3D viewer's canvas")
-    video = _by_css(d, "#t3d-video video")[0]
+    wait(d, lambda drv: by_css(drv, "#t3d-model3d canvas"), 60, "the 3D viewer's canvas")
+    video = by_css(d, "#t3d-video video")[0]
     assert video.get_attribute("src").split("?")[0].endswith(".mp4")
-    _wait(d, lambda drv: drv.execute_script("return arguments[0].readyState", video) >= 2, 60, "video loaded")
+    wait(d, lambda drv: drv.execute_script("return arguments[0].readyState", video) >= 2, 60, "video loaded")
     d.execute_script("arguments[0].play()", video)
-    _wait(d, lambda drv: drv.execute_script("const v = arguments[0]; return !v.error && !v.paused", video), 30,
+    wait(d, lambda drv: drv.execute_script("const v = arguments[0]; return !v.error && !v.paused", video), 30,
           "video playing")
     assert _file_names(d, "#t3d-files") >= {"mesh.glb", "mesh.obj", "turntable.mp4"}
     _shot(d, "text-to-3d", 1400, drawn="#t3d-model3d canvas")
@@ -388,7 +287,7 @@ def test_text_to_3d_tab_ends_in_a_3d_viewer_and_a_video(server, browser):
     for panel in ("t3d-preview", "t3d-live"):
         d.execute_script("const c = document.createElement('canvas'); c.width = 128; c.height = 32; "
                          "document.querySelector('#' + arguments[0] + ' img').src = c.toDataURL()", panel)
-        _wait(d, lambda drv, p=panel: drv.execute_script(
+        wait(d, lambda drv, p=panel: drv.execute_script(
             "const i = document.querySelector('#' + arguments[0] + ' img'); "
             "return i.complete && i.naturalWidth === 128", p), 10, f"#{panel}: a 128 px image")
         img_w, panel_w = d.execute_script(
@@ -402,25 +301,25 @@ def test_a_second_user_waits_in_the_queue_and_cancel_keeps_the_run(server, brows
     d = browser
     _open(d, server, "Text-to-3D")
     user_a = d.current_window_handle
-    _fill(d, "t3d-prompt", "a long run")
-    _fill(d, "t3d-steps", 5000)
-    _by_css(d, "#t3d-run")[0].click()
+    fill(d, "t3d-prompt", "a long run")
+    fill(d, "t3d-steps", 5000)
+    by_css(d, "#t3d-run")[0].click()
     # the progress: the named stage, the step, the rate measured and the time left once two steps are done
-    status = _wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= 3 and "left in this stage" in _text(
-        drv, "t3d-status") and _text(drv, "t3d-status"), what="A optimising, with a time estimate")
+    status = wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= 3 and "left in this stage" in _text(
+        drv, "t3d-status") and _text(drv, "t3d-status"), TIMEOUT, "A optimising, with a time estimate")
     assert "optimisation (stage 2 of 11)" in status and "/5000" in status and "s/step" in status
     d.switch_to.new_window("tab")
     _open(d, server)
     _generate(d, "second user", views=2, steps=2)
-    _wait(d, lambda drv: "queue" in _by_css(drv, "#mv-gallery")[0].text, 60, "B sees their place in the queue")
+    wait(d, lambda drv: "queue" in by_css(drv, "#mv-gallery")[0].text, 60, "B sees their place in the queue")
     d.switch_to.window(user_a)
-    _wait(d, lambda drv: _loaded_images(drv, "#t3d-live img"), 60, "A's live 4-view render")
-    _by_css(d, "#t3d-cancel")[0].click()
-    status = _wait(d, lambda drv: "Stopped at step" in _by_css(drv, "#t3d-status")[0].text and
-                   _by_css(drv, "#t3d-status")[0].text, 120, "A stopped")
+    wait(d, lambda drv: loaded_images(drv, "#t3d-live img"), 60, "A's live 4-view render")
+    by_css(d, "#t3d-cancel")[0].click()
+    status = wait(d, lambda drv: "Stopped at step" in by_css(drv, "#t3d-status")[0].text and
+                   by_css(drv, "#t3d-status")[0].text, 120, "A stopped")
     assert "--resume" in status
     d.switch_to.window(d.window_handles[-1])
-    _wait(d, lambda drv: len(_loaded_images(drv, "#mv-gallery img")) == 2, what="B's request done after A's")
+    wait(d, lambda drv: len(loaded_images(drv, "#mv-gallery img")) == 2, TIMEOUT, "B's request done after A's")
     d.close()
     d.switch_to.window(user_a)
     a, b = _runs(server, "text-to-3d")[-1], _runs(server, "generate")[-1]
@@ -444,42 +343,42 @@ def test_dreambooth_tab_trains_and_adds_the_model_to_the_pickers(server, browser
     fake.write_text("this is text")
     d = browser
     _open(d, server, "DreamBooth")
-    upload = _by_css(d, "#db-photos input[type=file]")[0]
+    upload = by_css(d, "#db-photos input[type=file]")[0]
     upload.send_keys("\n".join(str(p) for p in [*photos[:2], fake]))
-    _wait(d, lambda drv: "not_a_photo" in _by_css(drv, "#db-photos")[0].text, 60, "uploaded")
-    _fill(d, "db-class", "toy")
-    _fill(d, "db-steps", 2)
-    _by_css(d, "#db-train")[0].click()
-    _wait(d, lambda drv: "not an image" in _toasts(drv), 60, "bad-upload error")
+    wait(d, lambda drv: "not_a_photo" in by_css(drv, "#db-photos")[0].text, 60, "uploaded")
+    fill(d, "db-class", "toy")
+    fill(d, "db-steps", 2)
+    by_css(d, "#db-train")[0].click()
+    wait(d, lambda drv: "not an image" in _toasts(drv), 60, "bad-upload error")
     _close_toasts(d)
     _open(d, server, "DreamBooth")  # a fresh page: an empty upload box
-    _by_css(d, "#db-photos input[type=file]")[0].send_keys("\n".join(str(p) for p in photos))
-    _wait(d, lambda drv: "photo2" in _by_css(drv, "#db-photos")[0].text, 60, "uploaded")
+    by_css(d, "#db-photos input[type=file]")[0].send_keys("\n".join(str(p) for p in photos))
+    wait(d, lambda drv: "photo2" in by_css(drv, "#db-photos")[0].text, 60, "uploaded")
     from mvdream3d.training.dreambooth import DreamBoothConfig
 
     defaults = DreamBoothConfig()
     assert float(_value(d, "db-steps")) == defaults.steps
     assert float(_value(d, "db-lambda")) == defaults.lambda_preservation
-    _fill(d, "db-class", "toy")
-    _fill(d, "db-steps", 2)
+    fill(d, "db-class", "toy")
+    fill(d, "db-steps", 2)
     _record_texts(d, "db-status")
-    _by_css(d, "#db-train")[0].click()
-    status = _wait(d, lambda drv: "Trained" in _text(drv, "db-status") and _text(drv, "db-status"),
-                   what="DreamBooth finished")
+    by_css(d, "#db-train")[0].click()
+    status = wait(d, lambda drv: "Trained" in _text(drv, "db-status") and _text(drv, "db-status"),
+                  TIMEOUT, "DreamBooth finished")
     assert "Settings used: steps 2, lambda 1, model tiny-random, training full, sample steps 2" in status
     time_line = next(line for line in status.split("\n") if line.startswith("Time: "))
     for stage in ("loading the model and the photos", "training", "saving the model", "drawing the 4-view grid"):
         assert stage in time_line, (stage, time_line)
     assert any("DreamBooth" in t and "(stage " in t for t in _seen_texts(d, "db-status")), "no progress shown"
-    _wait(d, lambda drv: _loaded_images(drv, "#db-grid img"), 30, "the new subject's 4 views")
+    wait(d, lambda drv: loaded_images(drv, "#db-grid img"), 30, "the new subject's 4 views")
     _shot(d, "dreambooth")
-    _tab(d, "Multi-view")
-    assert "DreamBooth: a sks toy" in _by_css(d, "#mv-model input")[0].get_attribute("value")
-    _by_css(d, "#mv-model input")[0].click()
-    _wait(d, lambda drv: any("DreamBooth: a sks toy" in o.text for o in _by_css(drv, "[role=option]")), 30,
+    select_tab(d, "Multi-view")
+    assert "DreamBooth: a sks toy" in by_css(d, "#mv-model input")[0].get_attribute("value")
+    by_css(d, "#mv-model input")[0].click()
+    wait(d, lambda drv: any("DreamBooth: a sks toy" in o.text for o in by_css(drv, "[role=option]")), 30,
           "the new model among the Multi-view picker's options")
     _generate(d, "a sks toy", views=4, steps=2)  # the new model generates
-    _wait(d, lambda drv: len(_loaded_images(drv, "#mv-gallery img")) == 4, what="views from the new model")
+    wait(d, lambda drv: len(loaded_images(drv, "#mv-gallery img")) == 4, TIMEOUT, "views from the new model")
     assert _runs(server, "generate")[-1]["settings"]["model"].startswith("dreambooth:")
 
 
@@ -490,12 +389,12 @@ def test_gallery_lists_runs_newest_first_and_reopens_them(server, browser):
                                               api_name="/generate")
     d = browser
     _open(d, server, "Gallery")
-    thumbs = _wait(d, lambda drv: _loaded_images(drv, "#runs-gallery img"), 60, "run thumbnails")
-    captions = [line for line in _by_css(d, "#runs-gallery")[0].text.split("\n") if ": " in line]
+    thumbs = wait(d, lambda drv: loaded_images(drv, "#runs-gallery img"), 60, "run thumbnails")
+    captions = [line for line in by_css(d, "#runs-gallery")[0].text.split("\n") if ": " in line]
     assert "a gallery entry" in captions[0], captions  # newest first
     thumbs[0].click()
-    _wait(d, lambda drv: "a gallery entry" in _by_css(drv, "#runs-info")[0].text, 60, "run reopened")
-    _wait(d, lambda drv: len(_loaded_images(drv, "#runs-images img")) >= 3, 60, "its pictures")
+    wait(d, lambda drv: "a gallery entry" in by_css(drv, "#runs-info")[0].text, 60, "run reopened")
+    wait(d, lambda drv: len(loaded_images(drv, "#runs-images img")) >= 3, 60, "its pictures")
     _shot(d, "gallery")
 
 
@@ -511,15 +410,15 @@ def test_fields_start_at_the_models_settings_and_examples_fill_the_prompt(server
     tiny = resolve_model("tiny-random").sampling_defaults
     assert (_value(d, "mv-sampler"), float(_value(d, "mv-steps")), float(_value(d, "mv-guidance"))) == (
         tiny["sampler"], tiny["steps"], tiny["guidance_scale"])
-    example = next(e for e in _by_css(d, "#mv-examples button, #mv-examples td") if EXAMPLE_PROMPTS[1] in e.text)
+    example = next(e for e in by_css(d, "#mv-examples button, #mv-examples td") if EXAMPLE_PROMPTS[1] in e.text)
     example.click()
-    _wait(d, lambda drv: _value(drv, "mv-prompt") == EXAMPLE_PROMPTS[1], 30, "the example in the prompt field")
+    wait(d, lambda drv: _value(drv, "mv-prompt") == EXAMPLE_PROMPTS[1], 30, "the example in the prompt field")
     builtin = summarize("mvdream3d-tiny")
     if builtin is None:
         pytest.skip("the built-in model's weights are not installed")
     own = builtin[0]["model"]["params"]["sampling"]
     _choose(d, "mv-model", "mvdream3d-tiny")
-    _wait(d, lambda drv: float(_value(drv, "mv-steps")) == own["steps"], 120, "the built-in model's steps")
+    wait(d, lambda drv: float(_value(drv, "mv-steps")) == own["steps"], 120, "the built-in model's steps")
     assert float(_value(d, "mv-guidance")) == own["guidance_scale"] and _value(d, "mv-sampler") == own["sampler"]
 
 
@@ -539,21 +438,21 @@ def test_small_views_are_shown_enlarged_and_downloaded_native(server, browser):
     d = browser
     _open(d, server)
     _choose(d, "mv-model", "mvdream3d-tiny")
-    _fill(d, "mv-prompt", "a green cylinder with an orange horn")
-    _fill(d, "mv-steps", 2)
-    _by_css(d, "#mv-generate")[0].click()
-    images = _wait(d, lambda drv: len(_loaded_images(drv, "#mv-gallery img")) == 4 and
-                   _loaded_images(drv, "#mv-gallery img"), what="4 views")
+    fill(d, "mv-prompt", "a green cylinder with an orange horn")
+    fill(d, "mv-steps", 2)
+    by_css(d, "#mv-generate")[0].click()
+    images = wait(d, lambda drv: len(loaded_images(drv, "#mv-gallery img")) == 4 and
+                   loaded_images(drv, "#mv-gallery img"), TIMEOUT, "4 views")
     run = _runs(server, "generate")[-1]
     native = np.asarray(Image.open(run["dir"] / "view_00_00.png").convert("RGB"))
     assert native.shape[0] < DISPLAY_HEIGHT  # a small model: the case this is about
-    shown = np.asarray(Image.open(io.BytesIO(_get(images[0].get_attribute("src"))[1])).convert("RGB"))
+    shown = np.asarray(Image.open(io.BytesIO(http_get(images[0].get_attribute("src"))[1])).convert("RGB"))
     k = shown.shape[0] // native.shape[0]
     assert shown.shape[0] >= DISPLAY_HEIGHT and np.array_equal(shown, native.repeat(k, 0).repeat(k, 1))
-    grid = _wait(d, lambda drv: _loaded_images(drv, "#mv-grid img"), 30, "the grid")[0]
+    grid = wait(d, lambda drv: loaded_images(drv, "#mv-grid img"), 30, "the grid")[0]
     assert d.execute_script("return arguments[0].naturalHeight", grid) >= DISPLAY_HEIGHT
     assert d.execute_script("return getComputedStyle(arguments[0]).imageRendering", images[0]) == "pixelated"
-    downloads = _wait(d, lambda drv: _file_names(drv, "#mv-files"), 30, "downloads")
+    downloads = wait(d, lambda drv: _file_names(drv, "#mv-files"), 30, "downloads")
     assert "view_00_00.png" in downloads  # the native file (read above from the run folder)
 
 
@@ -561,25 +460,25 @@ def test_out_of_range_values_are_refused_naming_the_range_and_never_changed(serv
     d = browser
     _open(d, server)
     _choose(d, "mv-model", "tiny-random")
-    _fill(d, "mv-prompt", "a purple cone")
+    fill(d, "mv-prompt", "a purple cone")
     for field, value, message in (
             ("mv-steps", 0, "steps must be a whole number between 1 and 1000, got 0"),
             ("mv-steps", 5000, "steps must be a whole number between 1 and 1000, got 5000"),
             ("mv-guidance", -5, "the guidance scale must be a number between 0.0 and 100.0, got -5"),
             ("mv-views", 2.5, "the number of views must be a whole number between 1 and 16, got 2.5")):
         before = {f: _value(d, f) for f in ("mv-steps", "mv-guidance", "mv-views")}
-        _fill(d, field, value)
+        fill(d, field, value)
         assert float(_value(d, field)) == value, f"#{field} changed what was typed"
-        _by_css(d, "#mv-generate")[0].click()
-        _wait(d, lambda drv, m=message: m in _toasts(drv), 60, message)
+        by_css(d, "#mv-generate")[0].click()
+        wait(d, lambda drv, m=message: m in _toasts(drv), 60, message)
         _close_toasts(d)
         assert float(_value(d, field)) == value
-        _fill(d, field, before[field])
-    _fill(d, "mv-steps", 3)
-    _fill(d, "mv-guidance", 4.5)
-    _fill(d, "mv-views", 2)
-    _by_css(d, "#mv-generate")[0].click()
-    status = _wait(d, lambda drv: "views of" in _text(drv, "mv-status") and _text(drv, "mv-status"), what="views")
+        fill(d, field, before[field])
+    fill(d, "mv-steps", 3)
+    fill(d, "mv-guidance", 4.5)
+    fill(d, "mv-views", 2)
+    by_css(d, "#mv-generate")[0].click()
+    status = wait(d, lambda drv: "views of" in _text(drv, "mv-status") and _text(drv, "mv-status"), TIMEOUT, "views")
     assert ("Settings used: views 2, elevation 15, azimuth start 0, sampler ddim, steps 3, guidance scale 4.5, "
             "seed 0, model tiny-random") in status
     assert _runs(server, "generate")[-1]["used"]["steps"] == 3
@@ -603,10 +502,10 @@ def test_a_text_to_3d_run_goes_on_when_its_page_closes_and_the_runs_list_reopens
     home = d.current_window_handle
     d.switch_to.new_window("tab")
     _open(d, server, "Text-to-3D")
-    _fill(d, "t3d-prompt", "a run left alone")
-    _fill(d, "t3d-steps", 5000)
-    _by_css(d, "#t3d-run")[0].click()
-    _wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= 1, what="optimising")
+    fill(d, "t3d-prompt", "a run left alone")
+    fill(d, "t3d-steps", 5000)
+    by_css(d, "#t3d-run")[0].click()
+    wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= 1, TIMEOUT, "optimising")
     run = _runs(server, "text-to-3d")[-1]
     assert run["prompt"] == "a run left alone"
     run_id = f"text-to-3d/{run['dir'].name}"
@@ -617,15 +516,15 @@ def test_a_text_to_3d_run_goes_on_when_its_page_closes_and_the_runs_list_reopens
         time.sleep(2.0)
         _open(d, server, "Text-to-3D")
         _choose(d, "t3d-runs", "a run left alone")
-        first = _wait(d, lambda drv: _step(_text(drv, "t3d-status")), 60, "the run, followed live")
-        _wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= first + 3 and time.monotonic() > closed + 6, 120,
+        first = wait(d, lambda drv: _step(_text(drv, "t3d-status")), 60, "the run, followed live")
+        wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= first + 3 and time.monotonic() > closed + 6, 120,
               "steps after the page closed")
         assert json.loads((run["dir"] / "run.json").read_text())["status"] == "running"
-        assert _loaded_images(d, "#t3d-preview img") or _wait(
-            d, lambda drv: _loaded_images(drv, "#t3d-preview img"), 30, "its multi-view preview")
-        _wait(d, lambda drv: _loaded_images(drv, "#t3d-live img"), 30, "its current render")
-        _by_css(d, "#t3d-cancel")[0].click()  # Cancel stops the run this page reopened
-        status = _wait(d, lambda drv: "Stopped at step" in _text(drv, "t3d-status") and _text(drv, "t3d-status"),
+        assert loaded_images(d, "#t3d-preview img") or wait(
+            d, lambda drv: loaded_images(drv, "#t3d-preview img"), 30, "its multi-view preview")
+        wait(d, lambda drv: loaded_images(drv, "#t3d-live img"), 30, "its current render")
+        by_css(d, "#t3d-cancel")[0].click()  # Cancel stops the run this page reopened
+        status = wait(d, lambda drv: "Stopped at step" in _text(drv, "t3d-status") and _text(drv, "t3d-status"),
                        120, "stopped")
     except BaseException:
         _stop_run_by_api(server, run_id)
@@ -633,19 +532,19 @@ def test_a_text_to_3d_run_goes_on_when_its_page_closes_and_the_runs_list_reopens
     stopped = json.loads((run["dir"] / "run.json").read_text())
     assert stopped["status"] == "stopped" and stopped["steps_done"] > first + 2 and "Resume" in status
     # the list says what each run is; a finished run reopens with its mesh and video
-    _by_css(d, "#t3d-runs-refresh")[0].click()
-    _by_css(d, "#t3d-runs input")[0].click()
-    options = _wait(d, lambda drv: [o.get_attribute("textContent") for o in _by_css(drv, "[role=option]")], 30,
+    by_css(d, "#t3d-runs-refresh")[0].click()
+    by_css(d, "#t3d-runs input")[0].click()
+    options = wait(d, lambda drv: [o.get_attribute("textContent") for o in by_css(drv, "[role=option]")], 30,
                     "the runs")
     assert any("a run left alone" in o and f"stopped, resumable from step {stopped['steps_done']}" in o
                for o in options), options
-    _by_css(d, "#t3d-runs input")[0].click()
+    by_css(d, "#t3d-runs input")[0].click()
     _choose(d, "t3d-runs", "a red cube with a yellow nose")
-    _wait(d, lambda drv: "done" in _text(drv, "t3d-status") and "Settings used" in _text(drv, "t3d-status"), 60,
+    wait(d, lambda drv: "done" in _text(drv, "t3d-status") and "Settings used" in _text(drv, "t3d-status"), 60,
           "the finished run")
-    _wait(d, lambda drv: _by_css(drv, "#t3d-model3d canvas"), 60, "its 3D viewer")
-    _wait(d, lambda drv: (_by_css(drv, "#t3d-video video") or [None])[0] is not None and
-          _by_css(drv, "#t3d-video video")[0].get_attribute("src").split("?")[0].endswith(".mp4"), 60, "its video")
+    wait(d, lambda drv: by_css(drv, "#t3d-model3d canvas"), 60, "its 3D viewer")
+    wait(d, lambda drv: (by_css(drv, "#t3d-video video") or [None])[0] is not None and
+          by_css(drv, "#t3d-video video")[0].get_attribute("src").split("?")[0].endswith(".mp4"), 60, "its video")
     assert _file_names(d, "#t3d-files") >= {"mesh.glb", "turntable.mp4", "preview.png"}
 
 
@@ -675,12 +574,12 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint_after_a_server_rest
         d = browser
         _open(d, second, "Text-to-3D")
         _choose(d, "t3d-runs", f"interrupted, resumable from step {checkpoint}")
-        _wait(d, lambda drv: f"its last checkpoint is at step {checkpoint}" in _text(drv, "t3d-status"), 60,
+        wait(d, lambda drv: f"its last checkpoint is at step {checkpoint}" in _text(drv, "t3d-status"), 60,
               "the interrupted run")
-        _by_css(d, "#t3d-resume")[0].click()
-        _wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= checkpoint + 3, TIMEOUT, "the run going on")
-        _by_css(d, "#t3d-cancel")[0].click()
-        status = _wait(d, lambda drv: "Stopped at step" in _text(drv, "t3d-status") and _text(drv, "t3d-status"),
+        by_css(d, "#t3d-resume")[0].click()
+        wait(d, lambda drv: _step(_text(drv, "t3d-status")) >= checkpoint + 3, TIMEOUT, "the run going on")
+        by_css(d, "#t3d-cancel")[0].click()
+        status = wait(d, lambda drv: "Stopped at step" in _text(drv, "t3d-status") and _text(drv, "t3d-status"),
                        120, "stopped again")
     finally:
         _stop_server(proc)
@@ -694,7 +593,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint_after_a_server_rest
 def test_only_the_output_folder_is_served(server):
     for path in ("/etc/passwd", str(server.log), str(server.out / ".." / "server.log"), "../../../../etc/passwd",
                  str(Path(__file__).resolve())):
-        status, body = _get(f"{server.url}gradio_api/file={path}")
+        status, body = http_get(f"{server.url}gradio_api/file={path}")
         assert status in (403, 404), (path, status)
         assert b"root:" not in body
     from gradio_client import Client
@@ -702,7 +601,7 @@ def test_only_the_output_folder_is_served(server):
     Client(server.url, verbose=False).predict("served", "", 1, 15, 0, "ddim", 1, 7.5, 0, "tiny-random",
                                               api_name="/generate")
     grid = next((server.out / "generate").glob("*/grid.png"))
-    assert _get(f"{server.url}gradio_api/file={grid}")[0] == 200
+    assert http_get(f"{server.url}gradio_api/file={grid}")[0] == 200
 
 
 def test_gradio_client_api(server):
