@@ -149,7 +149,8 @@ def write_markdown(results: dict, path: Path) -> None:
 def write_figure(results: dict, out: Path, path: Path, objects: int = 2) -> None:
     """The photos in a row, then per run its first ``objects`` generated objects (4 views each), labelled."""
     from PIL import Image
-    from views_figure import labelled_rows  # benchmarks/, this script's folder
+
+    from mvdream3d.evaluation.report import labelled_rows
 
     photos = [Image.open(f).convert("RGB") for f in sorted((out / "photos").glob("*.png"))]
     rows: list[tuple[str, Image.Image]] = []

@@ -146,26 +146,22 @@ def turntables_figure(out: Path, rows: list[dict], n_frames: int = 8) -> Path | 
     frames of its ``turntable.gif`` (frame 0 = azimuth 0, the front), labelled "prompt | method | seed".
     Runs without a turntable are left out; returns None when no run has one."""
     import imageio.v3 as iio
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
-    strips, labels = [], []
+    from mvdream3d.evaluation.report import labelled_rows
+
+    labelled = []
     for r in sorted(rows, key=lambda r: (r["prompt"], r["method"], r["seed"] or 0)):
         gif = run_dir_of(out, r["prompt"], r["method"], r["seed"]) / "turntable.gif"
         if r["method"] == "ground truth" or not gif.is_file():
             continue
         frames = iio.imread(gif, index=None)  # (N, H, W, C) uint8
         idx = np.linspace(0, len(frames), n_frames, endpoint=False).astype(int)
-        strips.append(np.concatenate(list(frames[idx, ..., :3]), axis=1))
-        labels.append(f"{r['prompt']} | {r['method']} | seed {r['seed']}")
-    if not strips:
+        strip = np.concatenate(list(frames[idx, ..., :3]), axis=1)
+        labelled.append((f"{r['prompt']} | {r['method']} | seed {r['seed']}", Image.fromarray(strip)))
+    if not labelled:
         return None
-    label_h, w = 14, max(s.shape[1] for s in strips)
-    canvas = Image.new("RGB", (w, sum(s.shape[0] + label_h for s in strips)), "white")
-    draw, y = ImageDraw.Draw(canvas), 0
-    for strip, label in zip(strips, labels, strict=True):
-        draw.text((2, y + 1), label, fill="black")
-        canvas.paste(Image.fromarray(strip), (0, y + label_h))
-        y += strip.shape[0] + label_h
+    canvas = labelled_rows(labelled)
     path = out / "turntables.png"
     canvas.save(path)
     return path

@@ -14,22 +14,10 @@ import argparse
 from pathlib import Path
 
 
-def labelled_rows(rows: list, zoom: int = 1):
-    """[(label, PIL image), ...] -> one white PIL image: each picture under its label, top to bottom."""
-    from PIL import Image, ImageDraw
-
-    width, label_h = max(im.width for _, im in rows), 14
-    canvas = Image.new("RGB", (width, sum(im.height + label_h for _, im in rows)), "white")
-    draw, y = ImageDraw.Draw(canvas), 0
-    for label, im in rows:
-        draw.text((2, y + 1), label, fill="black")
-        canvas.paste(im, (0, y + label_h))
-        y += im.height + label_h
-    return canvas.resize((canvas.width * zoom, canvas.height * zoom), Image.NEAREST) if zoom != 1 else canvas
-
-
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
+
+    from mvdream3d.evaluation.report import labelled_rows
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="text-to-3D output folders")

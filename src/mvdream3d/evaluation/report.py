@@ -119,6 +119,19 @@ def bar_plot(
     return img
 
 
+def labelled_rows(rows: Sequence[tuple[str, Image.Image]], zoom: int = 1) -> Image.Image:
+    """[(label, PIL image), ...] -> one white PIL image: each picture under its one-line label, top to bottom,
+    left-aligned; ``zoom`` enlarges the whole figure by pixel repetition (small renders stay sharp)."""
+    width, label_h = max(im.width for _, im in rows), 14
+    canvas = Image.new("RGB", (width, sum(im.height + label_h for _, im in rows)), "white")
+    draw, y = ImageDraw.Draw(canvas), 0
+    for label, im in rows:
+        draw.text((2, y + 1), label, fill="black")
+        canvas.paste(im, (0, y + label_h))
+        y += im.height + label_h
+    return canvas.resize((canvas.width * zoom, canvas.height * zoom), Image.NEAREST) if zoom != 1 else canvas
+
+
 def sample_grid(
     title: str,
     rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str], Sequence[bool]]],
