@@ -257,6 +257,7 @@ def test_traced_minilm_equals_transformers(minilm_cache, monkeypatch):
     traced = MiniLMTextEncoder(max_length=16).freeze()
     monkeypatch.setenv(traced_cache.ENABLE_ENV, "0")
     eager = MiniLMTextEncoder(max_length=16).freeze()
+    assert not eager.is_deferred  # the cache off: transformers' model, built at once as before
     monkeypatch.delenv(traced_cache.ENABLE_ENV)
     full = "a red cube with a yellow nose and a blue torus on a green sphere"  # more than 16 tokens: no padding
     batches = [["cube"], [full], ["", "cube", full], PROMPTS]

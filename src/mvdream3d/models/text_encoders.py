@@ -356,7 +356,8 @@ class MiniLMTextEncoder(DeferredLibraryModule, _TextEncoderBase):
     on the CPU runs a checked trace of the ``BertModel`` from the trace cache (:mod:`mvdream3d.models.traced_cache`,
     keyed by model.safetensors, config.json, max_length and dtype; the first encode writes it). ``transformer``
     (the transformers model, as ``AutoModel.from_pretrained(path).float()``) and ``hf_tokenizer`` (transformers'
-    tokenizer) are built on first access, as is the model for ``parameters()``, ``state_dict()`` and the like.
+    tokenizer) are built on first access, as is the model for ``parameters()``, ``state_dict()`` and the like;
+    with the cache off (``MVDREAM3D_TRACE_CACHE=0``) the model is built at once.
     """
 
     weights_external = True
@@ -376,6 +377,8 @@ class MiniLMTextEncoder(DeferredLibraryModule, _TextEncoderBase):
         self.__dict__.update(_hf_config=config, _probe=torch.zeros(()), _fast_tokenizer=None, _hf_tokenizer=None,
                              _trace=None, _trace_key=None, _weights_digest=None)
         self._deferred_ready = True
+        if not traced_cache.cache_enabled():  # MVDREAM3D_TRACE_CACHE=0: the transformers model, built now as always
+            self.materialize()
         hidden = config.get("hidden_size")
         self.context_dim = int(hidden) if hidden is not None else int(self.transformer.config.hidden_size)
 
