@@ -21,6 +21,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -467,7 +468,7 @@ class MiniLMTextEncoder(DeferredLibraryModule, _TextEncoderBase):
                 and self.__dict__["_probe"].device.type == "cpu"
                 and os.path.isfile(os.path.join(self.source, "model.safetensors")))
 
-    def trace_path(self) -> Any:
+    def trace_path(self) -> Path:
         """Where the cached trace of this (deferred, CPU) encoder's model is or would be."""
         if self.__dict__["_trace_key"] is None:
             if self.__dict__["_weights_digest"] is None:
