@@ -502,8 +502,16 @@ class MiniLMTextEncoder(DeferredLibraryModule, _TextEncoderBase):
             for b in (self.tokenizer([p]) for p in _TRACE_CHECK_PROMPTS)]
         checks.append(tuple(self.tokenizer(list(_TRACE_CHECK_PROMPTS))[k]
                             for k in ("input_ids", "attention_mask", "token_type_ids")))
-        traced_cache.trace_checked(module, tuple(example[k] for k in ("input_ids", "attention_mask", "token_type_ids")),
-                                   checks, path, "the MiniLM text encoder")
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # tracing reads every attribute, e.g. the loss property, which then warns
+        try:
+            traced_cache.trace_checked(module, tuple(example[k] for k in ("input_ids", "attention_mask",
+                                                                           "token_type_ids")),
+                                       checks, path, "the MiniLM text encoder")
+        finally:
+            hf_logging.set_verbosity(level)
         return None
 
 

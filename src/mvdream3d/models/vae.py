@@ -192,8 +192,8 @@ class AutoencoderKLWrapper(DeferredLibraryModule):
         with torch.device("meta"):
             vae = AutoencoderKL(**self.config)
         vae = vae.to_empty(device=ref.device if ref is not None else torch.device("cpu"))
-        if ref is not None:
-            vae = vae.to(ref.dtype)
+        if ref is not None:  # nn.Module's own cast: diffusers' override warns about fp32 modules on any dtype cast
+            vae = nn.Module.to(vae, ref.dtype)
         vae.load_state_dict(ldm_to_diffusers(self._pending, self.levels), strict=True)
         return vae
 
