@@ -114,6 +114,56 @@ def results_table(rows: list[dict], methods: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rate(xs: list) -> tuple[float, float]:
+    """Mean of 0/1 outcomes and its standard error sqrt(p (1 - p) / n)."""
+    p = float(np.mean(xs))
+    return p, float(np.sqrt(p * (1 - p) / len(xs)))
+
+
+def claims_table(rows: list[dict], method: str = "multiview", baseline: str = "2d") -> str:
+    """The issue's targets for ``method`` against ``baseline``, each +- one standard error, and whether the
+    difference is shown (more than twice its standard error):
+
+    - one front on the exported mesh (classifier on the mesh's 36 renders) and the feature in its prompt
+      colour at the front (vertex colours): rates over runs, each with sqrt(p (1 - p) / n); the difference's
+      se is the two-proportion test's, from the pooled rate (so that 8 of 8 against 0 of 8 is not se 0);
+    - Chamfer to the ground-truth mesh: means, the ratio of means, and the paired difference per (prompt, seed).
+    """
+    def runs(m: str) -> list[dict]:
+        return [r for r in rows if r["method"] == m and "mesh" in r]
+
+    a, b = runs(method), runs(baseline)
+    if not a or not b:
+        return ""
+    lines = [f"| target ({method} against {baseline}) | {method} | {baseline} | difference | shown? |",
+             "|---|---|---|---|---|"]
+
+    def rate_row(name: str, get) -> None:
+        (pa, sa), (pb, sb) = _rate([get(r) for r in a]), _rate([get(r) for r in b])
+        pooled = (pa * len(a) + pb * len(b)) / (len(a) + len(b))  # the two-proportion test's se: not 0 at 0 or 1
+        se = float(np.sqrt(pooled * (1 - pooled) * (1 / len(a) + 1 / len(b))))
+        shown = "yes" if abs(pa - pb) > 2 * se else "no"
+        lines.append(f"| {name} | {pa:.2f} +- {sa:.2f} ({len(a)} runs) | {pb:.2f} +- {sb:.2f} ({len(b)} runs) | "
+                     f"{pa - pb:+.2f} +- {se:.2f} | {shown} |")
+
+    rate_row("one front on the exported mesh (target >= 0.80)",
+             lambda r: fronts_verdict(r["mesh"]["visible"])["one_front"])
+    rate_row("Janus on the exported mesh", lambda r: fronts_verdict(r["mesh"]["visible"])["janus"])
+    rate_row("feature in its prompt colour, at the front (mesh colours)",
+             lambda r: bool((r["mesh"].get("feature_colour") or {}).get("in_colour_at_front")))
+    ca, cb = np.array([r["chamfer"] for r in a]), np.array([r["chamfer"] for r in b])
+    by_run = {(r["prompt"], r["seed"]): r["chamfer"] for r in b}
+    paired = np.array([r["chamfer"] - by_run[(r["prompt"], r["seed"])]
+                       for r in a if (r["prompt"], r["seed"]) in by_run])
+    se_p = float(paired.std(ddof=1) / np.sqrt(len(paired))) if len(paired) > 1 else float("nan")
+    shown = "yes" if len(paired) > 1 and abs(paired.mean()) > 2 * se_p else "no"
+    lines.append(f"| Chamfer to the true mesh (target: {method} <= 0.6 x {baseline}) | "
+                 f"{ca.mean():.3f} +- {ca.std(ddof=1) / np.sqrt(len(ca)):.3f} | "
+                 f"{cb.mean():.3f} +- {cb.std(ddof=1) / np.sqrt(len(cb)):.3f} | ratio {ca.mean() / cb.mean():.2f}; "
+                 f"paired {paired.mean():+.4f} +- {se_p:.4f} ({len(paired)} pairs) | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
 def _arcs(visible: list) -> str:
     """The smoothed per-view verdicts as a strip, azimuth 0 first: ``#`` = feature seen, ``.`` = not."""
     return "".join("#" if x else "." for x in smooth_visible(visible))
@@ -169,7 +219,7 @@ def turntables_figure(out: Path, rows: list[dict], n_frames: int = 8) -> Path | 
 
 def write_tables(out: Path, rows: list[dict], methods: list[str]) -> None:
     """``out/results.md`` (the summary and the per-run table, also printed) and ``out/turntables.png``."""
-    table = results_table(rows, methods) + "\n" + runs_table(rows)
+    table = results_table(rows, methods) + "\n" + claims_table(rows) + "\n" + runs_table(rows)
     (out / "results.md").write_text(table)
     turntables_figure(out, rows)
     print(table)

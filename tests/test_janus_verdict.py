@@ -174,3 +174,22 @@ def test_the_benchmark_drives_the_package_verdict(ev):
     """One home: the benchmark judges with the package's functions, it has no verdict of its own."""
     for name in ("fronts_verdict", "smooth_visible", "front_orientation", "measure_mesh", "ground_truth_mesh"):
         assert getattr(ev, name) is getattr(J, name), name
+
+
+def test_claims_table_gives_rates_with_standard_errors_and_decides(ev):
+    front, janus = list(_arc(36, 30, 12)), [True] * 36  # one front through azimuth 0; seen from all round
+
+    def run(method, seed, visible, chamfer, colour):
+        return {"prompt": "p", "method": method, "seed": seed, "chamfer": chamfer,
+                "mesh": {"visible": visible, "feature_colour": {"in_colour_at_front": colour}}}
+
+    rows = ([run("multiview", s, front, 0.05 + 0.001 * s, True) for s in range(8)]
+            + [run("2d", s, janus, 0.10 + 0.001 * s, False) for s in range(8)])
+    table = ev.claims_table(rows)
+    assert "| 1.00 +- 0.00 (8 runs) | 0.00 +- 0.00 (8 runs) | +1.00 +- 0.25 | yes |" in table  # pooled se
+    assert "ratio 0.52; paired -0.0500 +- 0.0000 (8 pairs) | yes |" in table
+    mixed = [run("multiview", s, front if s % 2 else janus, 0.1, False) for s in range(4)] + \
+        [run("2d", s, janus if s % 2 else front, 0.1, False) for s in range(4)]
+    lines = ev.claims_table(mixed).splitlines()
+    assert lines[2].endswith("| 0.50 +- 0.25 (4 runs) | 0.50 +- 0.25 (4 runs) | +0.00 +- 0.35 | no |")
+    assert ev.claims_table([r for r in rows if r["method"] == "2d"]) == ""
