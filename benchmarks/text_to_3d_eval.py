@@ -138,7 +138,7 @@ def claims_table(rows: list[dict], method: str = "multiview", baseline: str = "2
     lines = [f"| target ({method} against {baseline}) | {method} | {baseline} | difference | shown? |",
              "|---|---|---|---|---|"]
 
-    def rate_row(name: str, get) -> None:
+    def rate_row(name: str, get, a: list[dict] = a, b: list[dict] = b) -> None:
         (pa, sa), (pb, sb) = _rate([get(r) for r in a]), _rate([get(r) for r in b])
         pooled = (pa * len(a) + pb * len(b)) / (len(a) + len(b))  # the two-proportion test's se: not 0 at 0 or 1
         se = float(np.sqrt(pooled * (1 - pooled) * (1 / len(a) + 1 / len(b))))
@@ -146,8 +146,13 @@ def claims_table(rows: list[dict], method: str = "multiview", baseline: str = "2
         lines.append(f"| {name} | {pa:.2f} +- {sa:.2f} ({len(a)} runs) | {pb:.2f} +- {sb:.2f} ({len(b)} runs) | "
                      f"{pa - pb:+.2f} +- {se:.2f} | {shown} |")
 
-    rate_row("one front on the exported mesh (target >= 0.80)",
-             lambda r: fronts_verdict(r["mesh"]["visible"])["one_front"])
+    def one_front(r: dict) -> bool:
+        return fronts_verdict(r["mesh"]["visible"])["one_front"]
+
+    rate_row("one front on the exported mesh (target >= 0.80)", one_front)
+    for prompt in sorted({r["prompt"] for r in a}):
+        rate_row(f"... {prompt}", one_front, [r for r in a if r["prompt"] == prompt],
+                 [r for r in b if r["prompt"] == prompt])
     rate_row("Janus on the exported mesh", lambda r: fronts_verdict(r["mesh"]["visible"])["janus"])
     rate_row("feature in its prompt colour, at the front (mesh colours)",
              lambda r: bool((r["mesh"].get("feature_colour") or {}).get("in_colour_at_front")))

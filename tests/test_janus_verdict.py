@@ -106,6 +106,10 @@ def test_feature_colour_reads_the_features_colour_and_place_off_the_mesh():
     vc[tip] = [*COLORS["yellow"], 255]
     faint.visual.vertex_colors = vc
     assert not J.feature_colour(faint, prompt, own["share"])["in_colour_at_front"]
+    yellow = gt.copy()  # the whole object in the feature's colour: a body gone wrong, not a feature
+    yellow.visual.vertex_colors = np.tile([*COLORS["yellow"], 255], (len(gt.vertices), 1)).astype(np.uint8)
+    whole = J.feature_colour(yellow, prompt, own["share"])
+    assert whole["share"] == 1.0 and not whole["in_colour_at_front"]
     assert J.feature_colour(gt, load_prompts(["a red cube"])[0])["share"] is None
 
 

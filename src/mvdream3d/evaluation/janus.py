@@ -43,6 +43,7 @@ __all__ = [
 
 FRONT_GAIN_MIN = 0.03  # see front_orientation
 FEATURE_SHARE_MIN = 0.25  # see feature_colour: of the ground truth's share
+FEATURE_SHARE_MAX = 3.0  # see feature_colour: more is the body turned the feature's colour, not a feature
 
 
 def count_fronts(visible: np.ndarray) -> int:
@@ -145,8 +146,9 @@ def feature_colour(mesh: Any, prompt: Prompt, gt_share: float | None = None) -> 
     palette (``synth.COLORS``, RGB distance). ``share``: the surface-area share of faces labelled with the
     prompt's feature colour. ``azimuth``: the direction of those faces' area-weighted centroid from the
     mesh's bounding-box centre, about the vertical axis (0 = +z, the front; degrees in (-180, 180]).
-    ``in_colour_at_front``: a share of at least ``FEATURE_SHARE_MIN`` of ``gt_share`` (the ground-truth
-    mesh's own share, when given; else any share > 0) and an azimuth within 45 degrees of the front.
+    ``in_colour_at_front``: a share between ``FEATURE_SHARE_MIN`` and ``FEATURE_SHARE_MAX`` times ``gt_share``
+    (the ground-truth mesh's own share, when given; else any share > 0: a larger share is the body turned the
+    feature's colour, not a feature) and an azimuth within 45 degrees of the front.
     A prompt without a feature gives ``share`` None.
     """
     colour = prompt.attributes.get("feature_color")
@@ -165,7 +167,7 @@ def feature_colour(mesh: Any, prompt: Prompt, gt_share: float | None = None) -> 
         lo, hi = mesh.bounds
         c = (mesh.triangles_center[is_feature] * area[is_feature, None]).sum(0) / area[is_feature].sum() - (lo + hi) / 2
         azimuth = float(np.degrees(np.arctan2(c[0], c[2])))
-    enough = share > 0 if gt_share is None else share >= FEATURE_SHARE_MIN * gt_share
+    enough = share > 0 if gt_share is None else FEATURE_SHARE_MIN * gt_share <= share <= FEATURE_SHARE_MAX * gt_share
     return {"share": round(share, 4), "azimuth": None if azimuth is None else round(azimuth, 1),
             "in_colour_at_front": bool(enough and azimuth is not None and abs(azimuth) <= 45.0)}
 
