@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mvdream3d.webapp.browser import (
+from webapp_browser import (  # this script's folder
     by_css,
     fill,
     loaded_images,

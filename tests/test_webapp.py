@@ -8,6 +8,7 @@ model) to DIR; the screenshots in docs/ come from the built-in model (benchmarks
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,20 +24,24 @@ import yaml
 from conftest import REQUIRE_BROWSER, skip_unless_required
 
 from mvdream3d.cli import main
-from mvdream3d.webapp.browser import (
-    by_css,
-    chromium_paths,
-    fill,
-    http_get,
-    loaded_images,
-    open_tab,
-    screenshot,
-    select_tab,
-    start_browser,
-    start_server,
-    stop_server,
-    wait,
-)
+
+
+def _browser_helpers():
+    """``benchmarks/webapp_browser.py``, the helpers the screenshot benchmark uses too (not a package module:
+    the package does not depend on selenium)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "webapp_browser.py"
+    spec = importlib.util.spec_from_file_location("webapp_browser", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_B = _browser_helpers()
+by_css, chromium_paths, fill, http_get, loaded_images = _B.by_css, _B.chromium_paths, _B.fill, _B.http_get, \
+    _B.loaded_images
+open_tab, screenshot, select_tab, start_browser, start_server = _B.open_tab, _B.screenshot, _B.select_tab, \
+    _B.start_browser, _B.start_server
+stop_server, wait = _B.stop_server, _B.wait
 
 TINY_3D = [
     "cameras.resolution_milestones=[[0,16,4]]", "guidance.render_size=64", "renderer.num_samples_per_ray=12",

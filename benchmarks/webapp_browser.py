@@ -1,8 +1,9 @@
 """Driving the web app in a headless Chromium, as a user would: what its browser tests
 (``tests/test_webapp.py``) and the screenshot benchmark (``benchmarks/webapp_screenshots.py``) share.
 
-Needs the dev extra (selenium) and Chromium with its driver (``apt-get install -y chromium chromium-driver``);
-nothing here is imported by the web app itself. ``d`` is a selenium WebDriver; element ids are the app's
+Needs the dev extra (selenium) and Chromium with its driver (``apt-get install -y chromium chromium-driver``).
+It lives beside the benchmarks, not in the package, because the package does not depend on selenium; the
+tests load it by its path. ``d`` is a selenium WebDriver; element ids are the app's
 ``elem_id`` values (``mv-prompt``, ``t3d-run``, ...).
 """
 
