@@ -75,9 +75,6 @@ def _start_server(out: Path, log: Path, extra: tuple[str, ...] = ()) -> tuple[su
     return proc, Server(url, out, log)
 
 
-_stop_server = stop_server
-
-
 def _require_gradio() -> None:
     try:
         import gradio  # noqa: F401
@@ -93,7 +90,7 @@ def server(tmp_path_factory) -> Server:
     try:
         yield srv
     finally:
-        _stop_server(proc)
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -587,7 +584,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint_after_a_server_rest
         status = wait(d, lambda drv: "Stopped at step" in _text(drv, "t3d-status") and _text(drv, "t3d-status"),
                        120, "stopped again")
     finally:
-        _stop_server(proc)
+        stop_server(proc)
     done = json.loads((run_dir / "run.json").read_text())["steps_done"]
     assert f"Stopped at step {done}/5000" in status and done >= checkpoint + 3
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
