@@ -41,6 +41,24 @@ def test_mask_weights_at_image_resolution_are_averaged_over_each_latent_pixel():
                        (pred - noise).square().flatten(1).mean(1).mean())
 
 
+def test_normalized_mask_weights_keep_each_images_mean_weight_at_one():
+    s = NoiseSchedule()
+    pred, x0, noise, t = _batch()
+    masks = torch.zeros(4, 8, 8)
+    masks[:2, :2, :4] = 1.0  # images 0-1: 8 of 64 pixels; images 2-3: no feature
+    loss = diffusion_loss(pred, s, x0, t, noise, masks=masks, mask_weight=20.0, normalize_mask=True)
+    w = torch.ones(4, 1, 8, 8)
+    w[:2, :, :2, :4] = 21.0
+    w = w / w.mean(dim=(-2, -1), keepdim=True)  # images 0-1: 64 / (56 + 8 * 21) = 0.286 off, 6.0 on
+    torch.testing.assert_close(w[0, 0, 0, 0], torch.tensor(21.0 * 64 / 224))
+    torch.testing.assert_close(loss, (w * (pred - noise).square()).mean())
+    sq = (pred - noise).square()
+    plain = diffusion_loss(pred, s, x0, t, noise, masks=masks, mask_weight=20.0)
+    # an image without a feature keeps its plain loss; one with it moves weight onto the feature
+    assert torch.allclose(sq[2:].mean(), (w[2:] * sq[2:]).mean())
+    assert loss < plain
+
+
 def test_min_snr_weights_each_samples_mean():
     s = NoiseSchedule(prediction_type="v")
     pred, x0, noise, t = _batch()

@@ -30,13 +30,15 @@ def min_snr_weights(schedule: NoiseSchedule, t: torch.Tensor, gamma: float) -> t
 
 def diffusion_loss(pred: torch.Tensor, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
                    noise: torch.Tensor, *, masks: torch.Tensor | None = None, mask_weight: float = 0.0,
-                   min_snr_gamma: float = 0.0) -> torch.Tensor:
+                   normalize_mask: bool = False, min_snr_gamma: float = 0.0) -> torch.Tensor:
     """The scalar diffusion loss of the model output ``pred`` (N, C, h, w) for clean ``x0``, timesteps ``t``
     (N,) and ``noise`` (both like ``pred``): the mean of ``(pred - target)^2`` in float32 with ``target`` =
     ``schedule.training_target(x0, t, noise)`` (eps or v, by the schedule's prediction type).
 
     ``masks`` (N, H, W) in [0, 1] weigh each pixel by ``1 + mask_weight * m``; masks at image resolution for
-    a latent model are averaged over each latent pixel (area resize to h x w). ``min_snr_gamma`` > 0 weighs
+    a latent model are averaged over each latent pixel (area resize to h x w). ``normalize_mask``: each
+    image's weights are divided by their mean (the weighting then moves the loss onto the masked pixels
+    without scaling it up). ``min_snr_gamma`` > 0 weighs
     each sample's mean by :func:`min_snr_weights`. Without either it is ``F.mse_loss`` of the two.
     """
     target = schedule.training_target(x0, t, noise)
@@ -47,7 +49,10 @@ def diffusion_loss(pred: torch.Tensor, schedule: NoiseSchedule, x0: torch.Tensor
         m = masks.to(sq.device, torch.float32)[:, None]
         if m.shape[-2:] != sq.shape[-2:]:  # latent models: the mask's coverage of each latent pixel
             m = F.interpolate(m, size=sq.shape[-2:], mode="area")
-        sq = sq * (1.0 + mask_weight * m)
+        w = 1.0 + mask_weight * m
+        if normalize_mask:
+            w = w / w.mean(dim=(-2, -1), keepdim=True)
+        sq = sq * w
     per_sample = sq.flatten(1).mean(1)
     if min_snr_gamma <= 0:
         return per_sample.mean()

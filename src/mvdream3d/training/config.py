@@ -75,6 +75,9 @@ class TrainSection:
     # [start, end): the steps that use feature_loss_weight (a curriculum inside one recipe: weighted steps
     # teach where the feature goes, plain steps after them remove the weighting's colour bias); None: all
     feature_loss_steps: list | None = None
+    # true: each image's pixel weights are divided by their mean, so weighting moves the multi-view loss onto
+    # the feature without making it larger than the 2D loss (a larger one starves the 2D-only concepts)
+    feature_loss_normalize: bool = False
     seed: int = 0
 
 

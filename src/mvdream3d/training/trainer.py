@@ -477,7 +477,7 @@ def _loss(model: MVDreamModel, unet: torch.nn.Module, schedule: Any, batch: dict
     weight = feature_weight_at(cfg.train, step)
     masks = batch.get("feature_weights") if weight > 0 else None
     return diffusion_loss(pred, schedule, x0, t, noise, masks=masks, mask_weight=weight,
-                          min_snr_gamma=cfg.train.min_snr_gamma)
+                          normalize_mask=cfg.train.feature_loss_normalize, min_snr_gamma=cfg.train.min_snr_gamma)
 
 
 def lr_factor(t: TrainSection, step: int) -> float:
