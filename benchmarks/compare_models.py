@@ -6,6 +6,11 @@ the independent draws, as in :func:`mvdream3d.evaluation.metrics.summarize`) ove
 (seen / held-out 2D-only concepts, with / without a front feature). Every model after the first is
 compared with the first: difference +- sqrt(se_a^2 + se_b^2), "shown" when beyond twice that.
 
+It also reports where the front feature goes, from the views of featured objects: of the views in which
+the classifier sees the feature, the share whose azimuth bin lies within 45 degrees of the camera's
+("within one bin"; camera adherence asks for the exact 45-degree bin), and the share of back views
+(azimuth 180) in which the feature is seen (what makes an object Janus).
+
     python benchmarks/compare_models.py \\
         --model v2.0 docs/model_card_v2_eval.json eval/v2.0-seed1/report.json \\
         --model v2.1 eval/v2.1/report.json eval/v2.1-seed1/report.json --json docs/recipes_v2.json
@@ -38,10 +43,30 @@ def load_objects(reports: list[Path]) -> list[dict]:
         for prompt in report["prompts"]:
             for o in prompt["model"]["objects_detail"]:
                 objects.append({"prompt": prompt["text"], "groups": prompt["groups"],
-                                "seed": report["settings"]["seed"], **{k: o[k] for k in OBJECT_KEYS}})
+                                "seed": report["settings"]["seed"], **{k: o[k] for k in OBJECT_KEYS},
+                                **(_placement(o["views"]) if o["camera"] is not None else {})})
     if not objects:
         raise ValueError(f"no objects in {reports}")
     return objects
+
+
+def _placement(views: list[dict]) -> dict:
+    """Counts for one featured object: views with the feature seen, of them within 45 degrees of the
+    camera's azimuth, back views, back views with the feature seen."""
+    seen = [v for v in views if v["feature_visible"]]
+    near = [v for v in seen if abs((v["azimuth_bin_deg"] - v["azimuth"] + 180.0) % 360.0 - 180.0) <= 45.0]
+    back = [v for v in views if abs(v["azimuth"] % 360.0 - 180.0) < 1e-6]
+    return {"views_seen": len(seen), "views_seen_within_one_bin": len(near), "back_views": len(back),
+            "back_views_seen": sum(bool(v["feature_visible"]) for v in back)}
+
+
+def placement(objects: list[dict]) -> dict:
+    """Pooled feature placement of the featured objects (see the module docstring)."""
+    total = {k: sum(o.get(k, 0) for o in objects)
+             for k in ("views_seen", "views_seen_within_one_bin", "back_views", "back_views_seen")}
+    return {**total,
+            "within_one_bin": total["views_seen_within_one_bin"] / total["views_seen"] if total["views_seen"] else None,
+            "back_seen": total["back_views_seen"] / total["back_views"] if total["back_views"] else None}
 
 
 def pooled(objects: list[dict]) -> dict[str, dict]:
@@ -74,7 +99,8 @@ def compare(models: list[tuple[str, list[Path]]]) -> dict:
                     for g in GROUPS if g in summaries[base] and g in summaries[name]}
              for name in names[1:]}
     return {"baseline": base, "reports": {n: [str(p) for p in r] for n, r in models},
-            "pooled": summaries, "differences": diffs, "objects": objects}
+            "pooled": summaries, "placement": {n: placement(objs) for n, objs in objects.items()},
+            "differences": diffs, "objects": objects}
 
 
 def markdown(result: dict, groups: tuple[str, ...] = ("all", "seen", "held_out")) -> str:
@@ -96,7 +122,18 @@ def markdown(result: dict, groups: tuple[str, ...] = ("all", "seen", "held_out")
             if any(c != "-" for c in cells):
                 lines.append(f"| {g} | {m} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"{n}: {result['pooled'][n]['all']['objects']} objects" for n in names)
-    return "\n".join(lines) + f"\n\n({counts}; +- 1 standard error; shown = beyond 2 se)\n"
+    place = ["", "| feature placement | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key, label in (("within_one_bin", "seen within 45 degrees of the camera"),
+                       ("back_seen", "seen from the back")):
+        cells = []
+        for n in names:
+            pl = result["placement"][n]
+            num, den = (("views_seen_within_one_bin", "views_seen") if key == "within_one_bin"
+                        else ("back_views_seen", "back_views"))
+            cells.append("-" if pl[key] is None else f"{pl[key]:.2f} ({pl[num]} / {pl[den]})")
+        place.append(f"| {label} | " + " | ".join(cells) + " |")
+    return ("\n".join(lines) + f"\n\n({counts}; +- 1 standard error; shown = beyond 2 se)\n"
+            + "\n".join(place) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

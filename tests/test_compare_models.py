@@ -16,8 +16,14 @@ def _report(tmp_path: Path, name: str, seed: int, correct: list[bool], camera: l
     """A report with one featureless seen prompt (``correct`` per object) and one featured held-out prompt."""
     plain = [{"correct": c, "consistent": c, "shape_accuracy": float(c), "color_accuracy": 1.0, "camera": None,
               "janus": None} for c in correct]
+    def views(janus: bool) -> list[dict]:  # the feature seen at the front (bin 0 or 45) and, if Janus, at the back
+        return [{"azimuth": 0.0, "feature_visible": True, "azimuth_bin_deg": 45.0 if janus else 0.0},
+                {"azimuth": 90.0, "feature_visible": False, "azimuth_bin_deg": 90.0},
+                {"azimuth": 180.0, "feature_visible": janus, "azimuth_bin_deg": 270.0},
+                {"azimuth": 270.0, "feature_visible": False, "azimuth_bin_deg": 270.0}]
+
     featured = [{"correct": True, "consistent": True, "shape_accuracy": 1.0, "color_accuracy": 1.0, "camera": c,
-                 "janus": c < 0.5} for c in camera]
+                 "janus": c < 0.5, "views": views(c < 0.5)} for c in camera]
     report = {"settings": {"seed": seed, "ground_truth": False}, "prompts": [
         {"text": "a red cube", "groups": ["seen", "without_feature"], "model": {"objects_detail": plain}},
         {"text": "a pink torus with a nose", "groups": ["held_out", "with_feature"],
@@ -43,7 +49,12 @@ def test_pools_seeds_and_judges_differences(tmp_path):
     janus = result["differences"]["b"]["held_out"]["janus_rate"]
     assert janus["difference"] == -1.0
     assert len(result["objects"]["b"]) == 32 and {o["seed"] for o in result["objects"]["b"]} == {0, 1}
+    # a: every featured object Janus: seen at the front (within one bin) and at the back (90 degrees off)
+    assert result["placement"]["a"] == {"views_seen": 32, "views_seen_within_one_bin": 16, "back_views": 16,
+                                        "back_views_seen": 16, "within_one_bin": 0.5, "back_seen": 1.0}
+    assert result["placement"]["b"]["within_one_bin"] == 1.0 and result["placement"]["b"]["back_seen"] == 0.0
     table = compare_models.markdown(result)
+    assert "| seen from the back | 1.00 (16 / 16) | 0.00 (0 / 16) |" in table
     assert "| all | camera_adherence | 0.250 +- 0.000 | 1.000 +- 0.000 | +0.750 +- 0.000 |" in table
 
 
