@@ -8,7 +8,8 @@ Each run is ``mvdream3d train configs/train/ablations/NAME.yaml`` (1,000 steps c
 built-in model) followed by ``mvdream3d evaluate runs/ablation-NAME/model.safetensors --num-objects 4 --out
 eval/ablation-NAME`` (the model's own sampling defaults); finished steps are skipped, so an interrupted
 script continues where it stopped (training resumes from its checkpoint). ``--base`` also evaluates the
-starting model (``runs/builtin/model.safetensors``: ``configs/train/builtin.yaml``) for the table.
+starting model (``runs/builtin-v2.0/model.safetensors``: ``configs/train/experiments/v2.0-late-weight.yaml``,
+the built-in model v2.0) for the table.
 Each claim of the paper is judged on the difference between its ablation and the reference: "shown" when
 the difference points the paper's way and exceeds twice its standard error
 (sqrt(se_reference^2 + se_ablation^2), the objects being independent draws).

@@ -12,8 +12,8 @@ the classifier sees the feature, the share whose azimuth bin lies within 45 degr
 (azimuth 180) in which the feature is seen (what makes an object Janus).
 
     python benchmarks/compare_models.py \\
-        --model v2.0 docs/model_card_v2_eval.json eval/v2.0-seed1/report.json \\
-        --model v2.1 eval/v2.1/report.json eval/v2.1-seed1/report.json --json docs/recipes_v2.json
+        --model v2.0 docs/model_card_v2.0_eval.json eval/v2.0-seed1/report.json \\
+        --model v2.1 docs/model_card_v2_eval.json eval/v2.1-seed1/report.json --json docs/recipes_v2.json
 
 Prints a Markdown table; ``--json`` writes the pooled summaries, the differences and every object's
 per-object values (enough to recompute each number).
