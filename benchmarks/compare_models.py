@@ -26,11 +26,15 @@ import json
 import math
 from pathlib import Path
 
+from mvdream3d.evaluation.classifier import AZIMUTH_BINS, azimuth_bin
 from mvdream3d.evaluation.metrics import summarize
 
 METRICS = ("prompt_accuracy", "shape_accuracy", "color_accuracy", "consistency", "camera_adherence", "janus_rate")
 GROUPS = ("all", "seen", "held_out", "with_feature", "without_feature")
 OBJECT_KEYS = ("correct", "consistent", "shape_accuracy", "color_accuracy", "camera", "janus")
+# feature placement: each pooled share and the (numerator, denominator) counts it is made of
+PLACEMENT = {"within_one_bin": ("views_seen_within_one_bin", "views_seen"),
+             "back_seen": ("back_views_seen", "back_views")}
 
 
 def load_objects(reports: list[Path]) -> list[dict]:
@@ -51,22 +55,22 @@ def load_objects(reports: list[Path]) -> list[dict]:
 
 
 def _placement(views: list[dict]) -> dict:
-    """Counts for one featured object: views with the feature seen, of them within 45 degrees of the
-    camera's azimuth, back views, back views with the feature seen."""
+    """Counts for one featured object: views with the feature seen, of them those whose predicted azimuth
+    bin is within one bin of the camera's (as the classifier's ``azimuth_within_1_bin``), back views, back
+    views with the feature seen."""
     seen = [v for v in views if v["feature_visible"]]
-    near = [v for v in seen if abs((v["azimuth_bin_deg"] - v["azimuth"] + 180.0) % 360.0 - 180.0) <= 45.0]
-    back = [v for v in views if abs(v["azimuth"] % 360.0 - 180.0) < 1e-6]
+    off = [(azimuth_bin(v["azimuth_bin_deg"]) - azimuth_bin(v["azimuth"])) % AZIMUTH_BINS for v in seen]
+    near = [d for d in off if d in (0, 1, AZIMUTH_BINS - 1)]
+    back = [v for v in views if azimuth_bin(v["azimuth"]) == AZIMUTH_BINS // 2]
     return {"views_seen": len(seen), "views_seen_within_one_bin": len(near), "back_views": len(back),
             "back_views_seen": sum(bool(v["feature_visible"]) for v in back)}
 
 
 def placement(objects: list[dict]) -> dict:
     """Pooled feature placement of the featured objects (see the module docstring)."""
-    total = {k: sum(o.get(k, 0) for o in objects)
-             for k in ("views_seen", "views_seen_within_one_bin", "back_views", "back_views_seen")}
-    return {**total,
-            "within_one_bin": total["views_seen_within_one_bin"] / total["views_seen"] if total["views_seen"] else None,
-            "back_seen": total["back_views_seen"] / total["back_views"] if total["back_views"] else None}
+    total = {k: sum(o.get(k, 0) for o in objects) for pair in PLACEMENT.values() for k in pair}
+    return {**total, **{share: total[num] / total[den] if total[den] else None
+                        for share, (num, den) in PLACEMENT.items()}}
 
 
 def pooled(objects: list[dict]) -> dict[str, dict]:
@@ -125,11 +129,10 @@ def markdown(result: dict, groups: tuple[str, ...] = ("all", "seen", "held_out")
     place = ["", "| feature placement | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key, label in (("within_one_bin", "seen within 45 degrees of the camera"),
                        ("back_seen", "seen from the back")):
+        num, den = PLACEMENT[key]
         cells = []
         for n in names:
             pl = result["placement"][n]
-            num, den = (("views_seen_within_one_bin", "views_seen") if key == "within_one_bin"
-                        else ("back_views_seen", "back_views"))
             cells.append("-" if pl[key] is None else f"{pl[key]:.2f} ({pl[num]} / {pl[den]})")
         place.append(f"| {label} | " + " | ".join(cells) + " |")
     return ("\n".join(lines) + f"\n\n({counts}; +- 1 standard error; shown = beyond 2 se)\n"
